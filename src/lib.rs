@@ -1,0 +1,7 @@
+//! mcs-operator: Machine Creation Services image management on Kubernetes.
+//!
+//! The crate holds the API types (`api`) and the command-line entry points; the pure domain
+//! lives in `mcs-domain` and the hypervisor work in `mcs-backend`.
+
+pub mod api;
+pub mod crd;

@@ -1,0 +1,542 @@
+//! The generated CRDs: committed copies do not drift, every schema is structural, every example
+//! is accepted, and every admission rule rejects bad input with its message.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mcs_operator::api::all_crds;
+use mcs_operator::crd::{file_name, render};
+use mcs_schema_check::{CrdSchema, FieldError};
+use serde_json::{Value, json};
+
+fn repo_path(relative: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(relative)
+}
+
+/// Every CRD's schema for `v1alpha1`, by kind.
+fn schemas() -> BTreeMap<String, CrdSchema> {
+    all_crds()
+        .iter()
+        .map(|crd| {
+            let value = serde_json::to_value(crd).expect("CRD serializes");
+            let schema = CrdSchema::from_crd(&value, "v1alpha1")
+                .unwrap_or_else(|e| panic!("{}: {e}", crd.spec.names.kind));
+            (crd.spec.names.kind.clone(), schema)
+        })
+        .collect()
+}
+
+/// Runs the write pipeline of an API server on `object`: defaults, pruning, validation.
+fn admit(
+    schemas: &BTreeMap<String, CrdSchema>,
+    object: &Value,
+    old: Option<&Value>,
+) -> Result<Value, Vec<FieldError>> {
+    let kind = object["kind"].as_str().expect("object has a kind");
+    let schema = schemas
+        .get(kind)
+        .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
+    let mut object = object.clone();
+    schema.apply_defaults(&mut object);
+    schema.prune(&mut object);
+    schema.validate(&object, old)?;
+    Ok(object)
+}
+
+fn messages(errors: &[FieldError]) -> String {
+    errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+/// Asserts that `object` is rejected with an error whose text contains `expected`.
+fn assert_rejected(
+    schemas: &BTreeMap<String, CrdSchema>,
+    object: &Value,
+    old: Option<&Value>,
+    expected: &str,
+) {
+    match admit(schemas, object, old) {
+        Ok(_) => panic!(
+            "expected rejection containing {expected:?}, but the object was accepted:\n{object:#}"
+        ),
+        Err(errors) => {
+            let text = messages(&errors);
+            assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+        }
+    }
+}
+
+/// Every manifest in `examples/`, by file name.
+fn examples() -> Vec<(String, Value)> {
+    let mut entries: Vec<_> = std::fs::read_dir(repo_path("examples"))
+        .expect("examples/ exists")
+        .map(|e| e.expect("readable entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    entries.sort();
+    entries
+        .into_iter()
+        .map(|path| {
+            let text = std::fs::read_to_string(&path).expect("readable example");
+            let object: Value =
+                serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            (
+                path.file_name()
+                    .expect("file name")
+                    .to_string_lossy()
+                    .into_owned(),
+                object,
+            )
+        })
+        .collect()
+}
+
+/// The first example whose object matches `predicate`.
+fn example(predicate: impl Fn(&Value) -> bool) -> Value {
+    examples()
+        .into_iter()
+        .map(|(_, v)| v)
+        .find(|v| predicate(v))
+        .expect("an example matches")
+}
+
+/// The first example of `kind`.
+fn example_of(kind: &str) -> Value {
+    example(|v| v["kind"] == kind)
+}
+
+#[test]
+fn committed_crds_match_the_generator() {
+    let dir = repo_path("crds");
+    let mut expected_files = Vec::new();
+    for crd in all_crds() {
+        let name = file_name(&crd);
+        let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
+            panic!("crds/{name} missing ({e}); run `mcs-operator crd --out-dir crds`")
+        });
+        assert_eq!(
+            committed,
+            render(&crd).expect("renders"),
+            "crds/{name} drifted from the Rust types; run `cargo run -- crd --out-dir crds` and commit"
+        );
+        expected_files.push(name);
+    }
+    let mut present: Vec<String> = std::fs::read_dir(&dir)
+        .expect("crds/ exists")
+        .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
+        .collect();
+    present.sort();
+    expected_files.sort();
+    assert_eq!(
+        present, expected_files,
+        "crds/ holds files the generator does not make"
+    );
+}
+
+#[test]
+fn every_crd_is_structural_with_the_expected_names() {
+    let crds = all_crds();
+    assert_eq!(crds.len(), 8);
+    for crd in &crds {
+        let value = serde_json::to_value(crd).expect("serializes");
+        let schema = CrdSchema::from_crd(&value, "v1alpha1").expect("loads");
+        assert_eq!(
+            schema.structural_errors(),
+            Vec::<String>::new(),
+            "{}",
+            crd.spec.names.kind
+        );
+        assert_eq!(crd.spec.group, "mcs.imaging.dev");
+        assert_eq!(crd.spec.scope, "Namespaced");
+        assert!(
+            crd.spec
+                .names
+                .categories
+                .as_ref()
+                .is_some_and(|c| c.contains(&"mcs".to_string()))
+        );
+        assert_eq!(crd.spec.names.short_names.as_ref().map(Vec::len), Some(1));
+        let version = &crd.spec.versions[0];
+        let subresources = version.subresources.as_ref().expect("subresources");
+        assert!(
+            subresources.status.is_some(),
+            "{} has a status subresource",
+            crd.spec.names.kind
+        );
+        let yaml = render(crd).expect("renders");
+        assert!(
+            !yaml.contains("default: null"),
+            "{}: default: null is not structural",
+            crd.spec.names.kind
+        );
+        assert!(
+            !yaml.contains("$ref"),
+            "{}: $ref is not allowed",
+            crd.spec.names.kind
+        );
+    }
+    let scheme = crds
+        .iter()
+        .find(|c| c.spec.names.kind == "ProvScheme")
+        .expect("ProvScheme");
+    let scale = scheme.spec.versions[0]
+        .subresources
+        .as_ref()
+        .and_then(|s| s.scale.as_ref())
+        .expect("scale");
+    assert_eq!(scale.spec_replicas_path, ".spec.machineCount");
+    assert_eq!(scale.status_replicas_path, ".status.machineCount");
+}
+
+#[test]
+fn every_example_is_accepted_and_cel_rules_are_evaluated() {
+    let schemas = schemas();
+    let examples = examples();
+    assert_eq!(
+        examples.len(),
+        8,
+        "one example per kind but ProvVM (the operator makes machines), and both spec forms"
+    );
+    for (file, object) in &examples {
+        let kind = object["kind"].as_str().expect("kind");
+        let admitted = admit(&schemas, object, None)
+            .unwrap_or_else(|e| panic!("{file} rejected:\n{}", messages(&e)));
+        let mut defaulted = object.clone();
+        schemas[kind].apply_defaults(&mut defaulted);
+        assert_eq!(
+            admitted["spec"], defaulted["spec"],
+            "{file} holds fields the schema does not know (they would be pruned)"
+        );
+    }
+    let rules: usize = schemas.values().map(CrdSchema::cel_rule_count).sum();
+    assert!(
+        rules >= 15,
+        "expected the CEL rules to be compiled, found {rules}"
+    );
+}
+
+#[test]
+fn defaults_are_applied() {
+    let schemas = schemas();
+    let scheme = &example_of("ProvScheme");
+    let mut minimal = scheme.clone();
+    let spec = minimal["spec"].as_object_mut().expect("spec");
+    for field in [
+        "maxVersions",
+        "cleanOnBoot",
+        "deletionPolicy",
+        "machineCount",
+    ] {
+        spec.remove(field);
+    }
+    let admitted = admit(&schemas, &minimal, None).expect("accepted");
+    assert_eq!(admitted["spec"]["maxVersions"], json!(99));
+    assert_eq!(admitted["spec"]["machineCount"], json!(0));
+    assert_eq!(admitted["spec"]["useWriteBackCache"], json!(false));
+    assert_eq!(admitted["spec"]["deletionPolicy"], json!("Delete"));
+}
+
+fn with(object: &Value, pointer: &str, value: Value) -> Value {
+    let mut copy = object.clone();
+    let (parent, field) = pointer.rsplit_once('/').expect("pointer has a parent");
+    let target = copy
+        .pointer_mut(parent)
+        .unwrap_or_else(|| panic!("no {parent}"));
+    target
+        .as_object_mut()
+        .expect("object")
+        .insert(field.to_string(), value);
+    copy
+}
+
+fn without(object: &Value, pointer: &str) -> Value {
+    let mut copy = object.clone();
+    let (parent, field) = pointer.rsplit_once('/').expect("pointer has a parent");
+    copy.pointer_mut(parent)
+        .and_then(Value::as_object_mut)
+        .expect("object")
+        .remove(field);
+    copy
+}
+
+#[test]
+fn provscheme_rules_reject_with_their_messages() {
+    let schemas = schemas();
+    let scheme = example_of("ProvScheme");
+    let admitted = admit(&schemas, &scheme, None).expect("example accepted");
+
+    let offering = with(
+        &scheme,
+        "/spec/serviceOffering",
+        json!(r"XDHyp:\HostingUnits\lab\small.serviceoffering"),
+    );
+    assert_rejected(
+        &schemas,
+        &offering,
+        None,
+        "spec.vmCpuCount and spec.vmMemoryMB cannot be used with spec.serviceOffering",
+    );
+    let offering_only = without(&without(&offering, "/spec/vmCpuCount"), "/spec/vmMemoryMB");
+    admit(&schemas, &offering_only, None).expect("a service offering alone is fine");
+
+    assert_rejected(
+        &schemas,
+        &with(&scheme, "/spec/networkMapping", json!({})),
+        None,
+        "spec.networkMapping must not be empty",
+    );
+    assert_rejected(
+        &schemas,
+        &with(&scheme, "/spec/networkMapping", json!({"0": ""})),
+        None,
+        "spec.networkMapping values must be network paths",
+    );
+    assert_rejected(
+        &schemas,
+        &without(&scheme, "/spec/networkMapping"),
+        None,
+        "spec.networkMapping: Required value",
+    );
+
+    assert_rejected(
+        &schemas,
+        &with(&scheme, "/spec/maxVersions", json!(0)),
+        None,
+        "spec.maxVersions",
+    );
+    assert_rejected(
+        &schemas,
+        &with(&scheme, "/spec/maxVersions", json!(32001)),
+        None,
+        "spec.maxVersions",
+    );
+    admit(
+        &schemas,
+        &with(&scheme, "/spec/maxVersions", json!(32000)),
+        None,
+    )
+    .expect("32000 is the maximum");
+    assert_rejected(
+        &schemas,
+        &with(&scheme, "/spec/vmCpuCount", json!(0)),
+        None,
+        "spec.vmCpuCount",
+    );
+    assert_rejected(
+        &schemas,
+        &with(&scheme, "/spec/vmMemoryMB", json!(0)),
+        None,
+        "spec.vmMemoryMB",
+    );
+    assert_rejected(
+        &schemas,
+        &with(&scheme, "/spec/machineCount", json!(-1)),
+        None,
+        "spec.machineCount",
+    );
+
+    let cache_size = with(&scheme, "/spec/writeBackCacheDiskSizeGB", json!(24));
+    assert_rejected(
+        &schemas,
+        &cache_size,
+        None,
+        "can only be set when the scheme was created with spec.useWriteBackCache",
+    );
+    let with_cache = with(&cache_size, "/spec/useWriteBackCache", json!(true));
+    let cached = admit(&schemas, &with_cache, None).expect("sizes with useWriteBackCache are fine");
+    let cache_off = with(&cached, "/spec/useWriteBackCache", json!(false));
+    assert_rejected(
+        &schemas,
+        &without(&cache_off, "/spec/writeBackCacheDiskSizeGB"),
+        Some(&cached),
+        "spec.useWriteBackCache is immutable",
+    );
+
+    let profile = r"XDHyp:\HostingUnits\lab\profile.vm";
+    let added = with(&admitted, "/spec/machineProfile", json!(profile));
+    assert_rejected(
+        &schemas,
+        &added,
+        Some(&admitted),
+        "MachineProfileUpdateNotSupported",
+    );
+    let created_with_profile =
+        admit(&schemas, &added, None).expect("a profile at creation is fine");
+    assert_rejected(
+        &schemas,
+        &admitted,
+        Some(&created_with_profile),
+        "MachineProfileUpdateNotSupported",
+    );
+    let changed_profile = with(
+        &created_with_profile,
+        "/spec/machineProfile",
+        json!(r"XDHyp:\HostingUnits\lab\profile2.vm"),
+    );
+    admit(&schemas, &changed_profile, Some(&created_with_profile))
+        .expect("changing a profile is a new version, not an error");
+
+    assert_rejected(
+        &schemas,
+        &with(&admitted, "/spec/hostingUnitRef", json!("other")),
+        Some(&admitted),
+        "spec.hostingUnitRef is immutable",
+    );
+    let cpu_change = with(&admitted, "/spec/vmCpuCount", json!(4));
+    admit(&schemas, &cpu_change, Some(&admitted)).expect("Set-ProvScheme -VMCpuCount is allowed");
+}
+
+#[test]
+fn image_version_spec_rules_reject_with_their_messages() {
+    let schemas = schemas();
+    let master = example(|v| v["spec"].get("master").is_some());
+    let prepared = example(|v| v["spec"].get("prepared").is_some());
+    for spec in [&master, &prepared] {
+        admit(&schemas, spec, None).unwrap_or_else(|e| panic!("{}", messages(&e)));
+    }
+
+    let both = with(
+        &master,
+        "/spec/prepared",
+        prepared["spec"]["prepared"].clone(),
+    );
+    assert_rejected(
+        &schemas,
+        &both,
+        None,
+        "exactly one of spec.master or spec.prepared must be set",
+    );
+    assert_rejected(
+        &schemas,
+        &without(&master, "/spec/master"),
+        None,
+        "exactly one of spec.master or spec.prepared must be set",
+    );
+
+    let moved = with(
+        &master,
+        "/spec/master/masterImagePath",
+        json!(r"XDHyp:\HostingUnits\lab\win11.vm\patched.snapshot"),
+    );
+    assert_rejected(&schemas, &moved, Some(&master), "spec is immutable");
+    let master_admitted = admit(&schemas, &master, None).expect("accepted");
+    admit(
+        &schemas,
+        &with(&master_admitted, "/spec/deletionPolicy", json!("Retain")),
+        Some(&master_admitted),
+    )
+    .expect("the deletion policy may change");
+
+    let offering = with(
+        &prepared,
+        "/spec/prepared/serviceOffering",
+        json!(r"XDHyp:\HostingUnits\lab\small.serviceoffering"),
+    );
+    assert_rejected(
+        &schemas,
+        &offering,
+        None,
+        "spec.prepared.vmCpuCount and spec.prepared.vmMemoryMB cannot be used with spec.prepared.serviceOffering",
+    );
+    assert_rejected(
+        &schemas,
+        &with(&prepared, "/spec/prepared/networkMapping", json!({})),
+        None,
+        "spec.prepared.networkMapping must not be empty",
+    );
+    assert_rejected(
+        &schemas,
+        &with(&prepared, "/spec/prepared/vmCpuCount", json!(0)),
+        None,
+        "spec.prepared.vmCpuCount",
+    );
+}
+
+#[test]
+fn other_kinds_reject_bad_input() {
+    let schemas = schemas();
+    let connection = &example_of("HypervisorConnection");
+    assert_rejected(
+        &schemas,
+        &without(connection, "/spec/local"),
+        None,
+        "spec.local is required when spec.type is Local",
+    );
+    assert_rejected(
+        &schemas,
+        &with(connection, "/spec/type", json!("Hyper-V")),
+        None,
+        "spec.type",
+    );
+    assert_rejected(
+        &schemas,
+        &with(connection, "/spec/local/storageRoots", json!([])),
+        None,
+        "spec.local.storageRoots",
+    );
+    assert_rejected(
+        &schemas,
+        &with(
+            connection,
+            "/spec/local/storageRoots",
+            json!([{"name": "a", "path": "/x"}, {"name": "a", "path": "/y"}]),
+        ),
+        None,
+        "Duplicate value",
+    );
+
+    let pool = &example_of("IdentityPool");
+    assert_rejected(
+        &schemas,
+        &with(pool, "/spec/namingScheme", json!("VDI-##-##")),
+        None,
+        "spec.namingScheme",
+    );
+    assert_rejected(
+        &schemas,
+        &with(pool, "/spec/namingScheme", json!("VDI")),
+        None,
+        "spec.namingScheme",
+    );
+    assert_rejected(
+        &schemas,
+        &without(pool, "/spec/domain"),
+        None,
+        "spec.domain is required when spec.identityType is ActiveDirectory",
+    );
+
+    let definition = &example_of("ImageDefinition");
+    let admitted = admit(&schemas, definition, None).expect("accepted");
+    assert_rejected(
+        &schemas,
+        &with(&admitted, "/spec/vdaSessionSupport", json!("MultiSession")),
+        Some(&admitted),
+        "spec.vdaSessionSupport is immutable",
+    );
+    assert_rejected(
+        &schemas,
+        &with(definition, "/spec/osType", json!("Plan9")),
+        None,
+        "spec.osType",
+    );
+
+    let version = &example_of("ImageVersion");
+    let admitted = admit(&schemas, version, None).expect("accepted");
+    assert_rejected(
+        &schemas,
+        &with(&admitted, "/spec/imageDefinitionRef", json!("other")),
+        Some(&admitted),
+        "spec.imageDefinitionRef is immutable",
+    );
+
+    let unit = &example_of("HostingUnit");
+    assert_rejected(
+        &schemas,
+        &with(unit, "/spec/serviceOfferings/0/cpuCount", json!(0)),
+        None,
+        "cpuCount",
+    );
+}
