@@ -4,4 +4,5 @@
 //! lives in `mcs-domain` and the hypervisor work in `mcs-backend`.
 
 pub mod api;
+pub mod controller;
 pub mod crd;

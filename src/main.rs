@@ -21,6 +21,57 @@ enum Command {
         #[arg(long)]
         out_dir: Option<PathBuf>,
     },
+    /// Run the controllers against the cluster of the current kubeconfig (or in-cluster config).
+    Run {
+        /// Watch only this namespace (default: all namespaces).
+        #[arg(long, env = "MCS_NAMESPACE")]
+        namespace: Option<String>,
+        /// Reconciles of one kind that run at once.
+        #[arg(long, env = "MCS_CONCURRENCY", default_value_t = 4)]
+        concurrency: u16,
+        /// Log format: `json` (the default in a container) or `text`.
+        #[arg(long, env = "MCS_LOG_FORMAT", default_value = "json")]
+        log_format: LogFormat,
+    },
+}
+
+/// How logs are written.
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum LogFormat {
+    /// One JSON object per line.
+    Json,
+    /// Human-readable lines.
+    Text,
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run_operator(namespace: Option<String>, concurrency: u16) -> anyhow::Result<()> {
+    let client = kube::Client::try_default().await?;
+    let config = mcs_operator::controller::OperatorConfig {
+        namespace,
+        concurrency,
+        ..Default::default()
+    };
+    tracing::info!(namespace = ?config.namespace, "mcs-operator starting");
+    tokio::select! {
+        () = mcs_operator::controller::run(client, config) => Ok(()),
+        signal = tokio::signal::ctrl_c() => {
+            signal?;
+            tracing::info!("interrupted, stopping");
+            Ok(())
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -30,6 +81,27 @@ fn main() -> ExitCode {
             mcs_operator::crd::render_all().map(|yaml| print!("{yaml}"))
         }
         Command::Crd { out_dir: Some(dir) } => mcs_operator::crd::write_dir(&dir),
+        Command::Run {
+            namespace,
+            concurrency,
+            log_format,
+        } => {
+            init_logging(log_format);
+            let runtime = match tokio::runtime::Runtime::new() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    eprintln!("mcs-operator: cannot start the async runtime: {error}");
+                    return ExitCode::FAILURE;
+                }
+            };
+            return match runtime.block_on(run_operator(namespace, concurrency)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(error) => {
+                    tracing::error!(%error, "mcs-operator stopped");
+                    ExitCode::FAILURE
+                }
+            };
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

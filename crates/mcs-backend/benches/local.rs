@@ -181,7 +181,10 @@ pub fn report(f: &Figures) {
         f.copy.as_secs_f64(),
         cp
     );
-    println!("ratio consolidation/cp throughput: {:.2}", cons / cp.max(1e-9));
+    println!(
+        "ratio consolidation/cp throughput: {:.2}",
+        cons / cp.max(1e-9)
+    );
     println!(
         "machine creation: {} linked clones in {:.2} s = {:.1} machines/s (overlay + identity disk + definition)",
         f.clones,

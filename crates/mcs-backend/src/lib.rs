@@ -51,6 +51,8 @@
 //! - At most `max_parallel` qemu-img processes run at once (default: the number of cores), each
 //!   under a timeout and killed when its operation is canceled.
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod error;
 pub mod local;

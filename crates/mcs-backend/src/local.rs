@@ -740,8 +740,11 @@ impl Inner {
                 path: PathBuf::new(),
             });
         }
-        let mut targets = Vec::new();
+        let mut targets: Vec<Target> = Vec::new();
         for s in &r.target_storages {
+            if targets.iter().any(|t| &t.storage == s) {
+                continue;
+            }
             let t = self.target(s, &r.image_id)?;
             remove_stale_partials(&t.final_path)?;
             remove_stale_partials(&t.done_path)?;

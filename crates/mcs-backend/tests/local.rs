@@ -959,6 +959,11 @@ async fn killed_consolidation_leaves_no_partial_after_retry() {
         partials(&f.base)
     );
     assert!(!f.base.join("s1/prepared/large2.qcow2").exists());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while !processes_with("large2.qcow2.partial-").is_empty() {
+        assert!(Instant::now() < deadline, "qemu-img survived the cancel");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     let again = wait(&f.backend, id, Duration::from_millis(5))
         .await
         .expect("wait");
@@ -1069,4 +1074,133 @@ async fn inventory_dedupe_and_timeout() {
         .expect_err("timeout");
     assert_eq!(e.reason(), "Timeout", "{e}");
     assert!(partials(&slow.base).is_empty());
+}
+
+/// The qemu-img processes running with `needle` in their command line.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").into_iter().flatten().flatten() {
+        if let Ok(cmd) = fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.starts_with("qemu-img") && cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[tokio::test]
+async fn qemu_img_processes_are_bounded() {
+    let f = Fixture::new();
+    let img = f
+        .prepare(
+            "img",
+            r"XDHyp:\HostingUnits\hu\win11.vm\base.snapshot",
+            &["s2"],
+        )
+        .await
+        .expect("prepare");
+    let counters = f.base.join("counters");
+    fs::create_dir(&counters).expect("mkdir");
+    let wrapper = f.base.join("qemu-img-wrapper");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nt=$(mktemp -p {d} run.XXXXXX)\nls {d} | grep -c '^run\\.' >> {d}.samples\nsleep 0.2\nrm -f \"$t\"\nexec qemu-img \"$@\"\n",
+            d = s(&counters)
+        ),
+    )
+    .expect("wrapper");
+    sh("chmod", &["+x", &s(&wrapper)]);
+    let mut config = LocalConfig {
+        storages: vec![StorageRootConfig {
+            name: "s2".into(),
+            path: f.base.join("s2"),
+        }],
+        networks: vec!["net0".into(), "net1".into()],
+        max_parallel: Some(2),
+        ..LocalConfig::default()
+    };
+    config.qemu_img = wrapper;
+    let bounded = LocalBackend::new(config).expect("backend");
+    let mut ids = Vec::new();
+    for i in 0..6 {
+        let mut r = f.machine_req(&format!("VDI-1{i}"), i, &img.copies[0].path);
+        r.write_back_cache = None;
+        ids.push(
+            bounded
+                .start(Operation::CreateMachine(r))
+                .await
+                .expect("start"),
+        );
+    }
+    for id in ids {
+        let st = wait(&bounded, id, Duration::from_millis(10))
+            .await
+            .expect("wait");
+        assert_eq!(st.phase, TaskState::Finished, "{}", st.message);
+    }
+    let samples = fs::read_to_string(counters.with_extension("samples")).expect("samples");
+    let counts: Vec<u32> = samples
+        .lines()
+        .filter_map(|l| l.trim().parse().ok())
+        .collect();
+    assert!(counts.len() >= 12, "{counts:?}");
+    assert_eq!(
+        counts.iter().max(),
+        Some(&2),
+        "bound not held or never reached: {counts:?}"
+    );
+}
+
+/// A qemu-img whose `convert` writes a little to its target, then fails with `message`.
+fn failing_convert(dir: &Path, name: &str, message: &str) -> PathBuf {
+    let wrapper = dir.join(name);
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = convert ]; then\n  for last; do :; done\n  echo half-written > \"$last\"\n  echo '{message}' >&2\n  exit 1\nfi\nexec qemu-img \"$@\"\n"
+        ),
+    )
+    .expect("wrapper");
+    sh("chmod", &["+x", &s(&wrapper)]);
+    wrapper
+}
+
+#[tokio::test]
+async fn failed_convert_removes_what_it_half_wrote() {
+    let probe = Fixture::new();
+    for (name, message, expected) in [
+        (
+            "enospc",
+            "qemu-img: error while writing at byte 65536: No space left on device",
+            "InsufficientResources",
+        ),
+        (
+            "broken",
+            "qemu-img: error while reading at byte 0: Input/output error",
+            "DiskConsolidationFailed",
+        ),
+    ] {
+        let wrapper = failing_convert(&probe.base, name, message);
+        let f = Fixture::with(|c| c.qemu_img = wrapper);
+        let e = f
+            .prepare(
+                "img",
+                r"XDHyp:\HostingUnits\hu\win11.vm\base.snapshot",
+                &["s1", "s2"],
+            )
+            .await
+            .expect_err("convert fails");
+        assert_eq!(e.reason(), expected, "{e}");
+        assert!(
+            e.to_string()
+                .contains(message.trim_start_matches("qemu-img: ")),
+            "{e}"
+        );
+        assert!(e.to_string().contains("img.qcow2"), "{e}");
+        assert!(partials(&f.base).is_empty(), "{:?}", partials(&f.base));
+        assert!(!f.base.join("s1/prepared/img.qcow2").exists());
+    }
 }

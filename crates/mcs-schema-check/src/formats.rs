@@ -79,7 +79,7 @@ fn date_time(s: &str) -> bool {
 
 fn base64_std(s: &str) -> bool {
     let bytes = s.as_bytes();
-    if bytes.len() % 4 != 0 {
+    if !bytes.len().is_multiple_of(4) {
         return false;
     }
     let pad = bytes.iter().rev().take_while(|b| **b == b'=').count();
@@ -135,7 +135,7 @@ fn credit_card(s: &str) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// Whether `s` is valid for the (dash-free, lower-case) format name.

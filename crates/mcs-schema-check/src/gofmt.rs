@@ -87,7 +87,7 @@ pub(crate) fn float_v(f: f64) -> String {
         };
     }
     let (digits, exp) = digits_and_exp(f);
-    let body = if exp - 1 < -4 || exp - 1 >= 21 {
+    let body = if exp - 1 < -4 || exp > 21 {
         scientific(&digits, exp, 2)
     } else {
         fixed(&digits, exp)

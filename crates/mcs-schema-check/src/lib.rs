@@ -424,9 +424,8 @@ fn scale_errors(obj: &Value, scale: &ScaleSubresource, errs: &mut Vec<FieldError
         .label_selector_path
         .as_deref()
         .filter(|s| !s.is_empty())
+        && let Err(e) = nested(obj, sel, "string")
     {
-        if let Err(e) = nested(obj, sel, "string") {
-            errs.push(FieldError::invalid(sel, Some(Value::from("")), e));
-        }
+        errs.push(FieldError::invalid(sel, Some(Value::from("")), e));
     }
 }

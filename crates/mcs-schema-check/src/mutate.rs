@@ -159,11 +159,12 @@ pub(crate) fn prune_nulls(x: &mut Value, s: Option<&Node>) {
         Value::Object(map) => {
             map.retain(|k, v| {
                 let schema = s.and_then(|s| s.child(k));
-                if let Some(sc) = schema {
-                    if v.is_null() && !sc.nullable && sc.default.as_ref().is_none_or(Value::is_null)
-                    {
-                        return false;
-                    }
+                if let Some(sc) = schema
+                    && v.is_null()
+                    && !sc.nullable
+                    && sc.default.as_ref().is_none_or(Value::is_null)
+                {
+                    return false;
                 }
                 prune_nulls(v, schema);
                 true

@@ -139,15 +139,14 @@ impl Walk {
             sch_type == "number" && as_f64(value).is_some_and(is_integral) && contains("integer");
         let is_int_float = sch_type == "integer" && contains("number");
         let is_string_or_slice = matches!(value, Value::String(_) | Value::Array(_));
-        if !is_string_or_slice
-            && !format.is_empty()
-            && !(contains(sch_type) || data_format == format || is_float_int || is_int_float)
-        {
+        let format_mismatch =
+            !(contains(sch_type) || data_format == format || is_float_int || is_int_float);
+        if !is_string_or_slice && !format.is_empty() && format_mismatch {
             errs.push(invalid_type(name, format, data_format));
             return;
         }
-        if !(contains("number") || contains("integer")) && !format.is_empty() && is_string_or_slice
-        {
+        let numeric = contains("number") || contains("integer");
+        if !numeric && !format.is_empty() && is_string_or_slice {
             return;
         }
         if !(contains(sch_type) || is_float_int || is_int_float) {
@@ -238,13 +237,13 @@ impl Walk {
                 )));
             }
         }
-        if let Some(not) = &node.not {
-            if self.validate(not, value, old, name).is_empty() {
-                errs.push(composite(format!(
-                    "{} must not validate the schema (not)",
-                    gofmt::quote(name)
-                )));
-            }
+        if let Some(not) = &node.not
+            && self.validate(not, value, old, name).is_empty()
+        {
+            errs.push(composite(format!(
+                "{} must not validate the schema (not)",
+                gofmt::quote(name)
+            )));
         }
     }
 
@@ -270,19 +269,19 @@ impl Walk {
             }
         }
         let size = items.len() as i64;
-        if let Some(min) = node.min_items {
-            if size < min {
-                errs.push(FieldError::invalid(
-                    err_path(name),
-                    Some(Value::from(size)),
-                    format!("{name} in {IN} should have at least {min} items"),
-                ));
-            }
+        if let Some(min) = node.min_items
+            && size < min
+        {
+            errs.push(FieldError::invalid(
+                err_path(name),
+                Some(Value::from(size)),
+                format!("{name} in {IN} should have at least {min} items"),
+            ));
         }
-        if let Some(max) = node.max_items {
-            if size > max {
-                errs.push(FieldError::too_many(err_path(name), size, max));
-            }
+        if let Some(max) = node.max_items
+            && size > max
+        {
+            errs.push(FieldError::too_many(err_path(name), size, max));
         }
         if node.unique_items {
             let dup = items
@@ -330,21 +329,21 @@ impl Walk {
         errs: &mut Vec<FieldError>,
     ) {
         let num_keys = map.len() as i64;
-        if let Some(min) = node.min_properties {
-            if num_keys < min {
-                errs.push(FieldError::invalid(
-                    err_path(name),
-                    Some(Value::from(num_keys)),
-                    format!("{name} in {IN} should have at least {min} properties"),
-                ));
-                return;
-            }
+        if let Some(min) = node.min_properties
+            && num_keys < min
+        {
+            errs.push(FieldError::invalid(
+                err_path(name),
+                Some(Value::from(num_keys)),
+                format!("{name} in {IN} should have at least {min} properties"),
+            ));
+            return;
         }
-        if let Some(max) = node.max_properties {
-            if num_keys > max {
-                errs.push(FieldError::too_many(err_path(name), num_keys, max));
-                return;
-            }
+        if let Some(max) = node.max_properties
+            && num_keys > max
+        {
+            errs.push(FieldError::too_many(err_path(name), num_keys, max));
+            return;
         }
         let correlatable = map_correlatable(node);
         let old_child = |k: &str| {
@@ -390,30 +389,30 @@ impl Walk {
 
 fn string_check(node: &Node, s: &str, name: &str, errs: &mut Vec<FieldError>) {
     let len = s.chars().count() as i64;
-    if let Some(max) = node.max_length {
-        if len > max {
-            errs.push(FieldError::too_long(err_path(name), max));
-            return;
-        }
+    if let Some(max) = node.max_length
+        && len > max
+    {
+        errs.push(FieldError::too_long(err_path(name), max));
+        return;
     }
-    if let Some(min) = node.min_length {
-        if len < min {
-            errs.push(FieldError::invalid(
-                err_path(name),
-                Some(Value::from(s)),
-                format!("{name} in {IN} should be at least {min} chars long"),
-            ));
-            return;
-        }
+    if let Some(min) = node.min_length
+        && len < min
+    {
+        errs.push(FieldError::invalid(
+            err_path(name),
+            Some(Value::from(s)),
+            format!("{name} in {IN} should be at least {min} chars long"),
+        ));
+        return;
     }
-    if let Some((pattern, Some(re))) = &node.pattern {
-        if !re.is_match(s) {
-            errs.push(FieldError::invalid(
-                err_path(name),
-                Some(Value::from(s)),
-                format!("{name} in {IN} should match '{pattern}'"),
-            ));
-        }
+    if let Some((pattern, Some(re))) = &node.pattern
+        && !re.is_match(s)
+    {
+        errs.push(FieldError::invalid(
+            err_path(name),
+            Some(Value::from(s)),
+            format!("{name} in {IN} should match '{pattern}'"),
+        ));
     }
 }
 

@@ -72,13 +72,13 @@ impl Checker {
                 "type cannot be set to null, use nullable as an alternative",
             ));
         }
-        if o.contains_key("default") {
-            if let Some(reason) = defaults_forbidden {
-                self.errs.push(FieldError::forbidden(
-                    format!("{p}.default"),
-                    format!("must not be set {reason}"),
-                ));
-            }
+        if o.contains_key("default")
+            && let Some(reason) = defaults_forbidden
+        {
+            self.errs.push(FieldError::forbidden(
+                format!("{p}.default"),
+                format!("must not be set {reason}"),
+            ));
         }
         for (k, label) in [
             ("id", "id"),
@@ -269,14 +269,14 @@ impl Checker {
                 "must be false if x-kubernetes-int-or-string is true",
             ));
         }
-        if let Some(pattern) = o.get("pattern").and_then(Value::as_str) {
-            if let Err(e) = regex::Regex::new(pattern) {
-                self.errs.push(FieldError::invalid(
-                    format!("{p}.pattern"),
-                    Some(Value::from(pattern)),
-                    format!("must be a valid regular expression, but isn't: {e}"),
-                ));
-            }
+        if let Some(pattern) = o.get("pattern").and_then(Value::as_str)
+            && let Err(e) = regex::Regex::new(pattern)
+        {
+            self.errs.push(FieldError::invalid(
+                format!("{p}.pattern"),
+                Some(Value::from(pattern)),
+                format!("must be a valid regular expression, but isn't: {e}"),
+            ));
         }
         if let Some(Value::Array(rules)) = o.get("x-kubernetes-validations") {
             for (i, r) in rules.iter().enumerate() {
@@ -509,11 +509,9 @@ impl Checker {
         skip_any_of: bool,
         skip_first_all_of_any_of: bool,
     ) {
-        if !skip_any_of {
-            if let Some(Value::Array(a)) = o.get("anyOf") {
-                for (i, n) in a.iter().enumerate() {
-                    self.nested(n, &format!("{p}.anyOf[{i}]"), false);
-                }
+        if !skip_any_of && let Some(Value::Array(a)) = o.get("anyOf") {
+            for (i, n) in a.iter().enumerate() {
+                self.nested(n, &format!("{p}.anyOf[{i}]"), false);
             }
         }
         if let Some(Value::Array(a)) = o.get("allOf") {

@@ -174,7 +174,11 @@ impl Faults {
         rule.count -= 1;
         let err = match rule.code {
             429 => ApiError::too_many_requests(rule.retry_after_seconds.unwrap_or(1)),
-            503 => ApiError::new(503, "ServiceUnavailable", "injected fault: service unavailable"),
+            503 => ApiError::new(
+                503,
+                "ServiceUnavailable",
+                "injected fault: service unavailable",
+            ),
             504 => ApiError::new(504, "Timeout", "injected fault: timeout"),
             _ => ApiError::internal("injected fault"),
         };

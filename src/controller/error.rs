@@ -1,0 +1,62 @@
+//! The controller layer's error enum; each variant has a stable reason string that becomes a
+//! condition reason, an Event reason and a metric label.
+
+use mcs_domain::Reason;
+use mcs_domain::inventory_path::PathError;
+use mcs_domain::naming::NamingError;
+use mcs_domain::rules::RuleError;
+
+/// Why a reconcile failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ControllerError {
+    /// The Kubernetes API refused or failed a request.
+    #[error("Kubernetes API: {0}")]
+    Kube(#[from] kube::Error),
+    /// A rule that needs more than one object was broken (the SDK's error ids).
+    #[error(transparent)]
+    Rule(#[from] RuleError),
+    /// An inventory path is invalid.
+    #[error(transparent)]
+    Path(#[from] PathError),
+    /// A machine name could not be made from the identity pool.
+    #[error(transparent)]
+    Naming(#[from] NamingError),
+    /// An object could not be (de)serialized.
+    #[error("serialization: {0}")]
+    Serialization(#[from] serde_json::Error),
+    /// Adding or removing a finalizer failed, or the cleanup it guards failed.
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<ControllerError>>),
+    /// An object arrived without a field the API server always sets (name, namespace, uid).
+    #[error("{kind} has no metadata.{field}")]
+    MissingMetadata {
+        /// The kind of the object.
+        kind: &'static str,
+        /// The missing field.
+        field: &'static str,
+    },
+}
+
+impl Reason for ControllerError {
+    fn reason(&self) -> &'static str {
+        match self {
+            Self::Kube(_) => "KubernetesApiError",
+            Self::Rule(e) => e.reason(),
+            Self::Path(e) => e.reason(),
+            Self::Naming(e) => e.reason(),
+            Self::Serialization(_) => "SerializationError",
+            Self::Finalizer(e) => match e.as_ref() {
+                kube::runtime::finalizer::Error::ApplyFailed(inner)
+                | kube::runtime::finalizer::Error::CleanupFailed(inner) => inner.reason(),
+                _ => "FinalizerError",
+            },
+            Self::MissingMetadata { .. } => "MissingMetadata",
+        }
+    }
+}
+
+impl From<kube::runtime::finalizer::Error<ControllerError>> for ControllerError {
+    fn from(error: kube::runtime::finalizer::Error<ControllerError>) -> Self {
+        Self::Finalizer(Box::new(error))
+    }
+}
