@@ -4,5 +4,6 @@
 //! lives in `mcs-domain` and the hypervisor work in `mcs-backend`.
 
 pub mod api;
+pub mod cli;
 pub mod controller;
 pub mod crd;

@@ -33,6 +33,15 @@ enum Command {
         #[arg(long, env = "MCS_LOG_FORMAT", default_value = "json")]
         log_format: LogFormat,
     },
+    /// Provisioning scheme versions: history, revert, diff (also `kubectl mcs scheme ...` when
+    /// the binary is linked as `kubectl-mcs`).
+    Scheme {
+        /// The namespace (default: the kubeconfig context's).
+        #[arg(short, long, global = true)]
+        namespace: Option<String>,
+        #[command(subcommand)]
+        command: mcs_operator::cli::scheme::SchemeCommand,
+    },
 }
 
 /// How logs are written.
@@ -74,9 +83,42 @@ async fn run_operator(namespace: Option<String>, concurrency: u16) -> anyhow::Re
     }
 }
 
+async fn scheme_command(
+    namespace: Option<String>,
+    command: &mcs_operator::cli::scheme::SchemeCommand,
+) -> anyhow::Result<String> {
+    let client = kube::Client::try_default().await?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_owned());
+    Ok(mcs_operator::cli::scheme::run(client, &namespace, command).await?)
+}
+
+fn run_scheme(
+    namespace: Option<String>,
+    command: &mcs_operator::cli::scheme::SchemeCommand,
+) -> ExitCode {
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mcs-operator: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(scheme_command(namespace, command)) {
+        Ok(out) => {
+            print!("{out}");
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("mcs-operator: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
+        Command::Scheme { namespace, command } => return run_scheme(namespace, &command),
         Command::Crd { out_dir: None } => {
             mcs_operator::crd::render_all().map(|yaml| print!("{yaml}"))
         }

@@ -113,6 +113,7 @@ pub struct ServiceOffering {
     #[schemars(range(min = 1, max = 1024))]
     pub cpu_count: i32,
     /// Memory in MiB.
+    #[serde(rename = "memoryMB")]
     #[schemars(range(min = 1))]
     pub memory_mb: i64,
 }

@@ -11,10 +11,13 @@ use mcs_backend::{Backend, BackendError, LocalBackend, LocalConfig, StorageRootC
 
 use crate::api::{ConnectionType, HostingUnit, HypervisorConnection};
 
+/// A cached backend and the resource versions (hosting unit, connection) it was built from.
+type CachedBackend = (String, Arc<dyn Backend>);
+
 /// Backends by hosting unit, rebuilt when the hosting unit or its connection changes.
 #[derive(Default)]
 pub struct BackendRegistry {
-    cache: Mutex<HashMap<String, (String, Arc<dyn Backend>)>>,
+    cache: Mutex<HashMap<String, CachedBackend>>,
 }
 
 impl BackendRegistry {

@@ -27,6 +27,23 @@ pub enum ControllerError {
     /// Adding or removing a finalizer failed, or the cleanup it guards failed.
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<ControllerError>>),
+    /// A backend operation failed (reason: the SDK task state of the failure).
+    #[error(transparent)]
+    Backend(#[from] mcs_backend::BackendError),
+    /// Deletion waits: the object is still used (by provisioning schemes or machines).
+    #[error("{object} is in use by {}; deletion waits until they no longer use it", .users.join(", "))]
+    InUse {
+        /// The object, e.g. `image version spec 'win11-prepared'`.
+        object: String,
+        /// Who uses it, e.g. `provisioning scheme 'desktops'`.
+        users: Vec<String>,
+    },
+    /// A task record could not move as asked, or a machine task could not start.
+    #[error("task: {0}")]
+    Task(String),
+    /// A provisioning scheme version could not be stored or read.
+    #[error("scheme versions: {0}")]
+    Versions(String),
     /// An object arrived without a field the API server always sets (name, namespace, uid).
     #[error("{kind} has no metadata.{field}")]
     MissingMetadata {
@@ -51,6 +68,10 @@ impl Reason for ControllerError {
                 _ => "FinalizerError",
             },
             Self::MissingMetadata { .. } => "MissingMetadata",
+            Self::Task(_) => "TaskError",
+            Self::Versions(_) => "SchemeVersionStoreError",
+            Self::Backend(e) => e.reason(),
+            Self::InUse { .. } => "InUse",
         }
     }
 }

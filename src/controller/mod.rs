@@ -6,9 +6,19 @@
 
 pub mod backends;
 pub mod conditions;
+pub mod connection;
 pub mod error;
+pub mod hosting_unit;
 pub mod identity_pool;
+pub mod image_definition;
+pub mod image_version;
+pub mod image_version_spec;
+pub mod prov_scheme;
+pub mod prov_vm;
+pub mod scheme_versions;
 pub mod status;
+pub mod tasks;
+pub mod update_window;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -28,6 +38,11 @@ pub struct OperatorConfig {
     pub concurrency: u16,
     /// How often a healthy object is reconciled again even without changes.
     pub resync: Duration,
+    /// How many task jobs (image preparations, machine work) do backend work at once, across
+    /// every controller; more wait in state `Processing` (`WaitingForTaskSlot`).
+    pub max_concurrent_tasks: usize,
+    /// At most one progress write per object per this interval (state changes always go out).
+    pub progress_interval: Duration,
 }
 
 impl Default for OperatorConfig {
@@ -36,6 +51,8 @@ impl Default for OperatorConfig {
             namespace: None,
             concurrency: 4,
             resync: Duration::from_secs(300),
+            max_concurrent_tasks: 4,
+            progress_interval: Duration::from_secs(1),
         }
     }
 }
@@ -50,6 +67,8 @@ pub struct Context {
     pub config: OperatorConfig,
     /// The backends doing the disk work, by hosting unit.
     pub backends: backends::BackendRegistry,
+    /// The background jobs of long tasks, under the concurrency limit.
+    pub tasks: tasks::TaskRunner,
 }
 
 impl Context {
@@ -62,8 +81,9 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             client,
-            config,
             backends: backends::BackendRegistry::default(),
+            tasks: tasks::TaskRunner::new(config.max_concurrent_tasks, config.progress_interval),
+            config,
         })
     }
 
@@ -95,5 +115,14 @@ pub fn watcher_config() -> watcher::Config {
 /// Runs every controller until the process is told to stop.
 pub async fn run(client: Client, config: OperatorConfig) {
     let context = Context::new(client, config);
-    identity_pool::run(context).await;
+    tokio::join!(
+        identity_pool::run(context.clone()),
+        connection::run(context.clone()),
+        hosting_unit::run(context.clone()),
+        image_definition::run(context.clone()),
+        image_version::run(context.clone()),
+        image_version_spec::run(context.clone()),
+        prov_scheme::run(context.clone()),
+        prov_vm::run(context),
+    );
 }

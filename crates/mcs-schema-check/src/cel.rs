@@ -58,6 +58,14 @@ fn strip_rules(v: &mut Value) {
 /// Compiles the rules of `node` and of every node below it reachable through
 /// `properties`, `additionalProperties` and `items`; returns the number of rules.
 pub(crate) fn compile_tree(node: &mut Node, schema_path: &str) -> Result<usize, SchemaError> {
+    compile_node(node, schema_path, true)
+}
+
+fn compile_node(
+    node: &mut Node,
+    schema_path: &str,
+    resource_root: bool,
+) -> Result<usize, SchemaError> {
     let mut count = 0;
     if !node.rules.is_empty() {
         let raw_rules: Vec<Value> = node
@@ -93,6 +101,13 @@ pub(crate) fn compile_tree(node: &mut Node, schema_path: &str) -> Result<usize, 
                     message: err.to_string(),
                 });
             }
+            if let Some(message) = check_fields(&spec.rule, node, resource_root) {
+                return Err(SchemaError::CelCompile {
+                    path: rule_path,
+                    rule: spec.rule.clone(),
+                    message,
+                });
+            }
             let uses_old_self = compiled
                 .validations
                 .first()
@@ -108,13 +123,13 @@ pub(crate) fn compile_tree(node: &mut Node, schema_path: &str) -> Result<usize, 
         node.cel = Some(set);
     }
     for (k, child) in node.properties.iter_mut() {
-        count += compile_tree(child, &format!("{schema_path}.properties[{k}]"))?;
+        count += compile_node(child, &format!("{schema_path}.properties[{k}]"), false)?;
     }
     if let Some(Additional::Schema(child)) = node.additional.as_mut() {
-        count += compile_tree(child, &format!("{schema_path}.additionalProperties"))?;
+        count += compile_node(child, &format!("{schema_path}.additionalProperties"), false)?;
     }
     if let Some(child) = node.items.as_mut() {
-        count += compile_tree(child, &format!("{schema_path}.items"))?;
+        count += compile_node(child, &format!("{schema_path}.items"), false)?;
     }
     Ok(count)
 }
@@ -298,4 +313,163 @@ pub(crate) fn walk(
         }
         _ => {}
     }
+}
+
+/// CEL's escaping of a property name (`apiserver/schema/cel/model/escaping.go`);
+/// `None` when the name cannot be accessed from CEL at all.
+fn escape(name: &str) -> Option<String> {
+    const RESERVED: &[&str] = &[
+        "true",
+        "false",
+        "null",
+        "in",
+        "as",
+        "break",
+        "const",
+        "continue",
+        "else",
+        "for",
+        "function",
+        "if",
+        "import",
+        "let",
+        "loop",
+        "package",
+        "namespace",
+        "return",
+        "var",
+        "void",
+        "while",
+    ];
+    if RESERVED.contains(&name) {
+        return Some(format!("__{name}__"));
+    }
+    let mut out = String::new();
+    for (i, c) in name.chars().enumerate() {
+        match c {
+            '_' => out.push_str("__"),
+            '.' => out.push_str("__dot__"),
+            '-' => out.push_str("__dash__"),
+            '/' => out.push_str("__slash__"),
+            c if c.is_ascii_alphabetic() => out.push(c),
+            c if c.is_ascii_digit() && i > 0 => out.push(c),
+            _ => return None,
+        }
+    }
+    Some(out)
+}
+
+/// The chain of selected fields below `self`/`oldSelf`, outermost last.
+fn select_chain(expr: &kube_cel::cel::IdedExpr) -> Option<Vec<&str>> {
+    use kube_cel::cel::common::ast::Expr;
+    match &expr.expr {
+        Expr::Ident(name) if name == "self" || name == "oldSelf" => Some(Vec::new()),
+        Expr::Select(sel) => {
+            let mut chain = select_chain(&sel.operand)?;
+            chain.push(sel.field.as_str());
+            Some(chain)
+        }
+        _ => None,
+    }
+}
+
+/// Resolves a field chain against the schema the way the apiserver's CEL type checker does.
+fn undefined_in_chain(node: &Node, resource_root: bool, chain: &[&str]) -> Option<String> {
+    let (first, rest) = chain.split_first()?;
+    if node.preserve_unknown || node.int_or_string || node.ty.is_none() {
+        return None;
+    }
+    if node.ty.as_deref() != Some("object") {
+        return Some(format!(
+            "type '{}' does not support field selection",
+            node.ty.as_deref().unwrap_or("")
+        ));
+    }
+    if resource_root || node.embedded {
+        match *first {
+            "apiVersion" | "kind" => {
+                return if rest.is_empty() {
+                    None
+                } else {
+                    Some("type 'string' does not support field selection".into())
+                };
+            }
+            "metadata" => {
+                return match rest.first() {
+                    None | Some(&"name") | Some(&"generateName") => None,
+                    Some(f) => Some(format!("undefined field '{f}'")),
+                };
+            }
+            _ => {}
+        }
+    }
+    if let Some((_, child)) = node
+        .properties
+        .iter()
+        .find(|(k, _)| escape(k).as_deref() == Some(*first))
+    {
+        return undefined_in_chain(child, false, rest);
+    }
+    match &node.additional {
+        Some(Additional::Schema(s)) => undefined_in_chain(s, false, rest),
+        Some(Additional::Bool(true)) => None,
+        _ => Some(format!("undefined field '{first}'")),
+    }
+}
+
+fn undefined_fields(
+    expr: &kube_cel::cel::IdedExpr,
+    node: &Node,
+    resource_root: bool,
+) -> Option<String> {
+    use kube_cel::cel::common::ast::{EntryExpr, Expr};
+    if let Some(e) =
+        select_chain(expr).and_then(|chain| undefined_in_chain(node, resource_root, &chain))
+    {
+        return Some(e);
+    }
+    let children: Vec<&kube_cel::cel::IdedExpr> = match &expr.expr {
+        Expr::Select(sel) => vec![&sel.operand],
+        Expr::Call(call) => call
+            .target
+            .iter()
+            .map(|t| &**t)
+            .chain(call.args.iter())
+            .collect(),
+        Expr::Comprehension(c) => vec![
+            &c.iter_range,
+            &c.accu_init,
+            &c.loop_cond,
+            &c.loop_step,
+            &c.result,
+        ],
+        Expr::List(l) => l.elements.iter().collect(),
+        Expr::Map(m) => m
+            .entries
+            .iter()
+            .flat_map(|e| match &e.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(sf) => vec![&sf.value],
+            })
+            .collect(),
+        Expr::Struct(s) => s
+            .entries
+            .iter()
+            .flat_map(|e| match &e.expr {
+                EntryExpr::MapEntry(me) => vec![&me.key, &me.value],
+                EntryExpr::StructField(sf) => vec![&sf.value],
+            })
+            .collect(),
+        _ => Vec::new(),
+    };
+    children
+        .into_iter()
+        .find_map(|c| undefined_fields(c, node, resource_root))
+}
+
+/// The apiserver's compile-time complaint about a rule referring to fields the schema
+/// does not declare, if any.
+pub(crate) fn check_fields(rule: &str, node: &Node, resource_root: bool) -> Option<String> {
+    let program = kube_cel::cel::Program::compile(rule).ok()?;
+    undefined_fields(program.expression(), node, resource_root)
 }

@@ -282,12 +282,7 @@ fn valid_group_version(s: &str) -> Option<String> {
     None
 }
 
-fn embedded(
-    node: &Node,
-    obj: &serde_json::Map<String, Value>,
-    p: &str,
-    errs: &mut Vec<FieldError>,
-) {
+fn embedded(obj: &serde_json::Map<String, Value>, p: &str, errs: &mut Vec<FieldError>) {
     if !obj.contains_key("apiVersion") {
         errs.push(FieldError::required(
             path::child(p, "apiVersion"),
@@ -366,7 +361,6 @@ fn embedded(
             _ => {}
         }
     }
-    let _ = node;
 }
 
 /// `schemaobjectmeta.Validate`: checks every `x-kubernetes-embedded-resource` below the root.
@@ -374,7 +368,7 @@ pub(crate) fn validate_embedded(node: &Node, value: &Value, p: &str, errs: &mut 
     match value {
         Value::Object(map) => {
             if node.embedded {
-                embedded(node, map, p, errs);
+                embedded(map, p, errs);
             }
             for (k, v) in map {
                 if let Some(c) = node.properties.get(k) {

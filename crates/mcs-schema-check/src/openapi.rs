@@ -112,7 +112,7 @@ impl Walk {
             number_check(node, value, name, &mut errs);
         }
         if let Value::Array(items) = value {
-            self.slice_check(node, value, items, old, name, &mut errs);
+            self.slice_check(node, items, old, name, &mut errs);
         }
         self.enum_check(node, value, name, &mut errs);
         if let Value::Object(map) = value {
@@ -250,7 +250,6 @@ impl Walk {
     fn slice_check(
         &self,
         node: &Node,
-        value: &Value,
         items: &[Value],
         old: Option<&Value>,
         name: &str,
@@ -296,7 +295,6 @@ impl Walk {
                 ));
             }
         }
-        let _ = value;
     }
 
     fn enum_check(&self, node: &Node, value: &Value, name: &str, errs: &mut Vec<FieldError>) {

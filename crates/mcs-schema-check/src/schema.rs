@@ -55,6 +55,9 @@ const SUPPORTED_FORMATS: &[&str] = &[
     "datetime",
 ];
 
+/// Deepest schema nesting accepted (kube-cel refuses deeper schemas as well).
+const MAX_DEPTH: usize = 64;
+
 /// A schema node with every keyword the apiserver acts on.
 #[derive(Debug, Default)]
 pub(crate) struct Node {
@@ -172,13 +175,14 @@ fn node_list(
     o: &serde_json::Map<String, Value>,
     key: &str,
     path: &str,
+    depth: usize,
 ) -> Result<Vec<Node>, SchemaError> {
     match o.get(key) {
         None | Some(Value::Null) => Ok(Vec::new()),
         Some(Value::Array(a)) => a
             .iter()
             .enumerate()
-            .map(|(i, v)| Node::parse(v, &format!("{path}.{key}[{i}]")))
+            .map(|(i, v)| Node::parse_at(v, &format!("{path}.{key}[{i}]"), depth + 1))
             .collect(),
         Some(_) => Err(bad(path, key, "a list of schemas")),
     }
@@ -187,6 +191,15 @@ fn node_list(
 impl Node {
     /// Parses a schema node; `path` is only used in error messages.
     pub(crate) fn parse(raw: &Value, path: &str) -> Result<Node, SchemaError> {
+        Self::parse_at(raw, path, 0)
+    }
+
+    fn parse_at(raw: &Value, path: &str, depth: usize) -> Result<Node, SchemaError> {
+        if depth > MAX_DEPTH {
+            return Err(SchemaError::InvalidSchema(format!(
+                "{path}: schema nesting exceeds {MAX_DEPTH} levels"
+            )));
+        }
         let Some(o) = raw.as_object() else {
             return Err(SchemaError::InvalidSchema(format!(
                 "{path}: must be an object"
@@ -209,9 +222,9 @@ impl Node {
             unique_items: opt_bool(o, "uniqueItems", path)?,
             min_properties: opt_i64(o, "minProperties", path)?,
             max_properties: opt_i64(o, "maxProperties", path)?,
-            all_of: node_list(o, "allOf", path)?,
-            any_of: node_list(o, "anyOf", path)?,
-            one_of: node_list(o, "oneOf", path)?,
+            all_of: node_list(o, "allOf", path, depth)?,
+            any_of: node_list(o, "anyOf", path, depth)?,
+            one_of: node_list(o, "oneOf", path, depth)?,
             default: o.get("default").cloned(),
             preserve_unknown: opt_bool(o, "x-kubernetes-preserve-unknown-fields", path)?,
             int_or_string: opt_bool(o, "x-kubernetes-int-or-string", path)?,
@@ -241,7 +254,7 @@ impl Node {
                 for (k, v) in props {
                     n.properties.insert(
                         k.clone(),
-                        Node::parse(v, &format!("{path}.properties[{k}]"))?,
+                        Node::parse_at(v, &format!("{path}.properties[{k}]"), depth + 1)?,
                     );
                 }
             }
@@ -251,9 +264,10 @@ impl Node {
             None | Some(Value::Null) => {}
             Some(Value::Bool(b)) => n.additional = Some(Additional::Bool(*b)),
             Some(v @ Value::Object(_)) => {
-                n.additional = Some(Additional::Schema(Box::new(Node::parse(
+                n.additional = Some(Additional::Schema(Box::new(Node::parse_at(
                     v,
                     &format!("{path}.additionalProperties"),
+                    depth + 1,
                 )?)))
             }
             Some(_) => return Err(bad(path, "additionalProperties", "a boolean or a schema")),
@@ -261,13 +275,21 @@ impl Node {
         match o.get("items") {
             None | Some(Value::Null) => {}
             Some(v @ Value::Object(_)) => {
-                n.items = Some(Box::new(Node::parse(v, &format!("{path}.items"))?))
+                n.items = Some(Box::new(Node::parse_at(
+                    v,
+                    &format!("{path}.items"),
+                    depth + 1,
+                )?))
             }
             Some(Value::Array(_)) => {}
             Some(_) => return Err(bad(path, "items", "a schema")),
         }
         if let Some(v) = o.get("not").filter(|v| !v.is_null()) {
-            n.not = Some(Box::new(Node::parse(v, &format!("{path}.not"))?));
+            n.not = Some(Box::new(Node::parse_at(
+                v,
+                &format!("{path}.not"),
+                depth + 1,
+            )?));
         }
         match o.get("x-kubernetes-validations") {
             None | Some(Value::Null) => {}

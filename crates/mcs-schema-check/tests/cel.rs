@@ -258,3 +258,51 @@ properties:
         vec!["spec.limits[cpu]: Invalid value: 0: must be positive"]
     );
 }
+
+#[test]
+fn rule_referring_to_an_undeclared_field_rejects_the_crd() {
+    let crd = crd_with_schema(
+        r#"
+type: object
+properties:
+  metadata: {type: object}
+  spec:
+    type: object
+    x-kubernetes-validations:
+      - rule: "has(self.size) && self.metadata.name != ''"
+      - rule: "self.sise > 0"
+    properties:
+      size: {type: integer}
+"#,
+    );
+    match CrdSchema::from_crd(&crd, "v1") {
+        Err(SchemaError::CelCompile { message, .. }) => {
+            assert_eq!(message, "undefined field 'metadata'")
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+    let root = crd_with_schema(
+        r#"
+type: object
+x-kubernetes-validations:
+  - rule: "self.metadata.name.startsWith('w') && self.spec.size > 0"
+  - rule: "self.metadata.labels.size() > 0"
+properties:
+  metadata: {type: object}
+  spec:
+    type: object
+    properties:
+      size: {type: integer}
+"#,
+    );
+    match CrdSchema::from_crd(&root, "v1") {
+        Err(SchemaError::CelCompile { path, message, .. }) => {
+            assert_eq!(
+                path,
+                "spec.versions[0].schema.openAPIV3Schema.x-kubernetes-validations[1]"
+            );
+            assert_eq!(message, "undefined field 'labels'");
+        }
+        other => panic!("expected a compile error, got {other:?}"),
+    }
+}

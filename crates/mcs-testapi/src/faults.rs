@@ -50,10 +50,29 @@ pub struct FaultRequest {
     pub clear: bool,
 }
 
+/// One API request as seen by the server (for assertions in tests).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestRecord {
+    /// `get`, `list`, `watch`, `create`, `update`, `patch`, `delete` or `deletecollection`.
+    pub verb: String,
+    /// The resource plural.
+    pub resource: String,
+    /// The subresource (`status`, `scale`) or "".
+    pub subresource: String,
+    /// The raw query string.
+    pub query: String,
+    /// Whether an injected fault answered it.
+    pub faulted: bool,
+}
+
+const LOG_LIMIT: usize = 20_000;
+
 #[derive(Default)]
 struct State {
     rules: Vec<FailRule>,
     delay: Duration,
+    log: std::collections::VecDeque<RequestRecord>,
 }
 
 /// Handle to the fault knobs of one server (cheap to clone).
@@ -163,14 +182,45 @@ impl Faults {
         self.drop_tx.subscribe()
     }
 
-    /// Consume one matching rule, returning the error to answer with.
-    pub(crate) fn check(&self, verb: &str, resource: &str) -> Option<ApiError> {
+    /// The API requests served so far (oldest first, the last 20000).
+    pub fn requests(&self) -> Vec<RequestRecord> {
+        self.lock().log.iter().cloned().collect()
+    }
+
+    /// How many requests of `verb` on `resource` were served (faulted ones included).
+    pub fn request_count(&self, verb: &str, resource: &str) -> usize {
+        self.lock()
+            .log
+            .iter()
+            .filter(|r| r.verb == verb && r.resource == resource)
+            .count()
+    }
+
+    /// Record a request and consume one matching rule, returning the error to answer with.
+    pub(crate) fn check(
+        &self,
+        verb: &str,
+        resource: &str,
+        subresource: &str,
+        query: &str,
+    ) -> Option<ApiError> {
         let mut s = self.lock();
-        let rule = s.rules.iter_mut().find(|r| {
+        let hit = s.rules.iter().position(|r| {
             r.count > 0
                 && (r.verb == verb || r.verb == "*")
                 && r.resource.as_deref().is_none_or(|x| x == resource)
-        })?;
+        });
+        if s.log.len() >= LOG_LIMIT {
+            s.log.pop_front();
+        }
+        s.log.push_back(RequestRecord {
+            verb: verb.to_string(),
+            resource: resource.to_string(),
+            subresource: subresource.to_string(),
+            query: query.to_string(),
+            faulted: hit.is_some(),
+        });
+        let rule = &mut s.rules[hit?];
         rule.count -= 1;
         let err = match rule.code {
             429 => ApiError::too_many_requests(rule.retry_after_seconds.unwrap_or(1)),

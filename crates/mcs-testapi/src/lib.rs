@@ -25,7 +25,7 @@
 //! ```
 //!
 //! Deliberate simplifications (known gaps against a real apiserver) are listed in the
-//! crate README.
+//! crate's `README.md`.
 
 pub mod error;
 pub mod faults;
@@ -38,7 +38,7 @@ mod tls;
 pub mod types;
 
 pub use error::ApiError;
-pub use faults::{FailRule, FaultRequest, Faults};
+pub use faults::{FailRule, FaultRequest, Faults, RequestRecord};
 
 use anyhow::Context as _;
 use serde::Deserialize as _;

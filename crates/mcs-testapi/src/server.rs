@@ -173,10 +173,13 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
             return resp;
         }
     }
-    match resource_request(&ctx, req, &segs).await {
+    let method = req.method().clone();
+    let resp = match resource_request(&ctx, req, &segs).await {
         Ok(r) => r,
         Err(e) => err_resp(&e),
-    }
+    };
+    tracing::debug!(%method, %path, status = resp.status().as_u16(), "mcs-testapi request");
+    resp
 }
 
 async fn faults_endpoint(ctx: &Ctx, req: Request<Incoming>) -> Response<Body> {
@@ -481,7 +484,9 @@ async fn resource_request(
         (&Method::DELETE, None) => "deletecollection",
         _ => return Err(ApiError::method_not_allowed()),
     };
-    if let Some(e) = ctx.faults.check(verb, &r.rt.plural) {
+    let raw_query = req.uri().query().unwrap_or_default().to_string();
+    let sub_name = r.sub.clone().unwrap_or_default();
+    if let Some(e) = ctx.faults.check(verb, &r.rt.plural, &sub_name, &raw_query) {
         return Err(e);
     }
     let rt = &r.rt;
@@ -721,11 +726,12 @@ fn watch_response(
         {
             return;
         }
-        let deadline = tokio::time::Instant::now() + timeout;
-        let mut ticker = tokio::time::interval_at(
-            tokio::time::Instant::now() + ctx.bookmark_interval,
-            ctx.bookmark_interval,
-        );
+        let start = tokio::time::Instant::now();
+        let deadline = start
+            .checked_add(timeout.min(Duration::from_secs(86_400 * 365)))
+            .unwrap_or(start);
+        let period = ctx.bookmark_interval.max(Duration::from_millis(10));
+        let mut ticker = tokio::time::interval_at(start + period, period);
         let mut sd = ctx.shutdown.clone();
         let expired = || {
             gone_event(&ApiError::expired(

@@ -1,13 +1,27 @@
 //! `metadata.managedFields` bookkeeping and server-side apply.
 //!
-//! Field ownership is tracked per field path down through maps; lists are atomic
-//! (a list is owned as a whole, as with `x-kubernetes-list-type: atomic`).
+//! Field ownership is tracked per field path down through maps and through the items of
+//! associative lists (`x-kubernetes-list-type: map`, keyed by `x-kubernetes-list-map-keys`,
+//! and `metadata.ownerReferences` keyed by `uid`); every other list is atomic (owned as a
+//! whole, as with `x-kubernetes-list-type: atomic`).
 
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
 
-/// A field path: the map keys from the object's root.
-pub type FieldPath = Vec<String>;
+/// One step of a field path.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Seg {
+    /// A map key (`f:name` in FieldsV1).
+    F(String),
+    /// An item of an associative list, by its key fields as compact JSON (`k:{...}`).
+    K(String),
+}
+
+/// A field path from the object's root.
+pub type FieldPath = Vec<Seg>;
+
+/// Returns the key fields of the associative list at a path, or `None` for atomic lists.
+pub type ListKeys<'a> = &'a dyn Fn(&[Seg]) -> Option<Vec<String>>;
 
 /// One `managedFields` entry.
 #[derive(Debug, Clone, PartialEq)]
@@ -22,7 +36,7 @@ pub struct Entry {
     pub time: String,
     /// `subresource` ("" for the main resource).
     pub subresource: String,
-    /// The owned leaf paths.
+    /// The owned paths (leaf fields and associative-list items).
     pub fields: BTreeSet<FieldPath>,
 }
 
@@ -51,12 +65,19 @@ const IGNORED_META: &[&str] = &[
     "generateName",
 ];
 
+fn field(p: &[Seg], i: usize) -> &str {
+    match p.get(i) {
+        Some(Seg::F(s)) => s,
+        _ => "",
+    }
+}
+
 fn in_scope(path: &FieldPath, scope: Scope) -> bool {
-    let first = path.first().map(String::as_str).unwrap_or("");
+    let first = field(path, 0);
     if first == "apiVersion" || first == "kind" {
         return false;
     }
-    if first == "metadata" && path.len() >= 2 && IGNORED_META.contains(&path[1].as_str()) {
+    if first == "metadata" && IGNORED_META.contains(&field(path, 1)) {
         return false;
     }
     match scope {
@@ -66,12 +87,39 @@ fn in_scope(path: &FieldPath, scope: Scope) -> bool {
     }
 }
 
-fn collect(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
+/// The key of an associative-list item, if it has every key field.
+fn item_key(item: &Value, keys: &[String]) -> Option<String> {
+    let mut m = Map::new();
+    for k in keys {
+        m.insert(k.clone(), item.get(k)?.clone());
+    }
+    Some(Value::Object(m).to_string())
+}
+
+/// The keys of the list at `path` if it is associative and every item carries its keys.
+fn assoc_keys(arr: &[Value], path: &[Seg], keys: ListKeys<'_>) -> Option<Vec<String>> {
+    let ks = keys(path)?;
+    arr.iter().all(|i| item_key(i, &ks).is_some()).then_some(ks)
+}
+
+fn collect(v: &Value, prefix: &mut FieldPath, keys: ListKeys<'_>, out: &mut BTreeSet<FieldPath>) {
     match v {
         Value::Object(m) if !m.is_empty() => {
             for (k, child) in m {
-                prefix.push(k.clone());
-                collect(child, prefix, out);
+                prefix.push(Seg::F(k.clone()));
+                collect(child, prefix, keys, out);
+                prefix.pop();
+            }
+        }
+        Value::Array(a) if !a.is_empty() && assoc_keys(a, prefix, keys).is_some() => {
+            let ks = assoc_keys(a, prefix, keys).unwrap_or_default();
+            for item in a {
+                let Some(key) = item_key(item, &ks) else {
+                    continue;
+                };
+                prefix.push(Seg::K(key));
+                out.insert(prefix.clone());
+                collect(item, prefix, keys, out);
                 prefix.pop();
             }
         }
@@ -83,91 +131,167 @@ fn collect(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
     }
 }
 
-/// The leaf field paths set in `v`, restricted to `scope`.
-pub fn leaf_paths(v: &Value, scope: Scope) -> BTreeSet<FieldPath> {
+/// The owned paths set in `v`, restricted to `scope`.
+pub fn leaf_paths(v: &Value, scope: Scope, keys: ListKeys<'_>) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
-    collect(v, &mut Vec::new(), &mut out);
+    collect(v, &mut Vec::new(), keys, &mut out);
     out.retain(|p| in_scope(p, scope));
     out
 }
 
+fn find_item(arr: &[Value], key: &str) -> Option<usize> {
+    let want: Map<String, Value> = serde_json::from_str(key).ok()?;
+    arr.iter()
+        .position(|i| want.iter().all(|(k, v)| i.get(k) == Some(v)))
+}
+
 /// The value at `path`, if present.
-pub fn value_at<'a>(v: &'a Value, path: &[String]) -> Option<&'a Value> {
+pub fn value_at<'a>(v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
     let mut cur = v;
-    for k in path {
-        cur = cur.as_object()?.get(k)?;
+    for s in path {
+        cur = match s {
+            Seg::F(k) => cur.as_object()?.get(k)?,
+            Seg::K(key) => {
+                let a = cur.as_array()?;
+                &a[find_item(a, key)?]
+            }
+        };
     }
     Some(cur)
 }
 
-fn remove_at(v: &mut Value, path: &[String]) {
+fn remove_at(v: &mut Value, path: &[Seg]) {
     let Some((last, parents)) = path.split_last() else {
         return;
     };
     let mut cur = v;
-    for k in parents {
-        match cur.as_object_mut().and_then(|m| m.get_mut(k)) {
-            Some(next) => cur = next,
+    for s in parents {
+        let next = match s {
+            Seg::F(k) => cur.as_object_mut().and_then(|m| m.get_mut(k)),
+            Seg::K(key) => cur.as_array_mut().and_then(|a| {
+                let i = find_item(a, key)?;
+                a.get_mut(i)
+            }),
+        };
+        match next {
+            Some(n) => cur = n,
             None => return,
         }
     }
-    if let Some(m) = cur.as_object_mut() {
-        m.remove(last);
+    match last {
+        Seg::F(k) => {
+            if let Some(m) = cur.as_object_mut() {
+                m.remove(k);
+            }
+        }
+        Seg::K(key) => {
+            if let Some(a) = cur.as_array_mut()
+                && let Some(i) = find_item(a, key)
+            {
+                a.remove(i);
+            }
+        }
     }
 }
 
-fn overlaps(a: &[String], b: &[String]) -> bool {
-    let n = a.len().min(b.len());
-    a[..n] == b[..n]
+fn is_item(p: &[Seg]) -> bool {
+    matches!(p.last(), Some(Seg::K(_)))
 }
 
-/// Render a path like `.spec.replicas`.
-pub fn dotted(p: &[String]) -> String {
-    p.iter().map(|k| format!(".{k}")).collect()
+/// Whether `outer` holds the value at `inner` (a prefix that is neither an associative-list
+/// item nor the associative list itself).
+fn holds(outer: &[Seg], inner: &[Seg]) -> bool {
+    inner.starts_with(outer)
+        && !is_item(outer)
+        && !matches!(inner.get(outer.len()), Some(Seg::K(_)))
+}
+
+/// Whether two paths address overlapping values.
+fn overlaps(a: &[Seg], b: &[Seg]) -> bool {
+    holds(a, b) || holds(b, a)
+}
+
+/// Whether owning `owned` is affected by a write that sets or removes `at`: the owned path
+/// is at or below `at`, or holds it.
+fn affected(owned: &[Seg], at: &[Seg]) -> bool {
+    owned.starts_with(at) || holds(owned, at)
+}
+
+/// Render a path like `.spec.replicas` or `.status.conditions[type="Ready"].status`.
+pub fn dotted(p: &[Seg]) -> String {
+    p.iter()
+        .map(|s| match s {
+            Seg::F(k) => format!(".{k}"),
+            Seg::K(key) => {
+                let m: Map<String, Value> = serde_json::from_str(key).unwrap_or_default();
+                let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                format!("[{}]", parts.join(","))
+            }
+        })
+        .collect()
+}
+
+fn seg_key(s: &Seg) -> String {
+    match s {
+        Seg::F(k) => format!("f:{k}"),
+        Seg::K(k) => format!("k:{k}"),
+    }
+}
+
+fn insert_path(m: &mut Map<String, Value>, rest: &[Seg], item: bool) {
+    match rest.split_first() {
+        None => {
+            if item {
+                m.insert(".".into(), json!({}));
+            }
+        }
+        Some((seg, rest)) => {
+            let e = m
+                .entry(seg_key(seg))
+                .or_insert_with(|| Value::Object(Map::new()));
+            if !e.is_object() {
+                *e = Value::Object(Map::new());
+            }
+            if let Some(child) = e.as_object_mut() {
+                insert_path(child, rest, item);
+            }
+        }
+    }
 }
 
 /// Encode paths as `FieldsV1`.
 pub fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     let mut root = Map::new();
     for p in paths {
-        let mut cur = &mut root;
-        for k in p {
-            let e = cur
-                .entry(format!("f:{k}"))
-                .or_insert_with(|| Value::Object(Map::new()));
-            if !e.is_object() {
-                *e = Value::Object(Map::new());
-            }
-            cur = match e.as_object_mut() {
-                Some(m) => m,
-                None => break,
-            };
-        }
+        insert_path(&mut root, p, is_item(p));
     }
     Value::Object(root)
 }
 
 fn parse_v1(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
     let Some(m) = v.as_object() else { return };
-    let children: Vec<(&String, &Value)> = m.iter().filter(|(k, _)| k.as_str() != ".").collect();
-    if children.is_empty() || m.contains_key(".") {
-        if !prefix.is_empty() {
-            out.insert(prefix.clone());
-        }
+    let has_children = m.keys().any(|k| k != ".");
+    if (!has_children || m.contains_key(".")) && !prefix.is_empty() {
+        out.insert(prefix.clone());
     }
-    for (k, child) in children {
-        if let Some(name) = k.strip_prefix("f:") {
-            prefix.push(name.to_string());
-            parse_v1(child, prefix, out);
-            prefix.pop();
-        } else if !prefix.is_empty() {
-            // list members (k:/v:/i:) are owned through their list, which is atomic here
-            out.insert(prefix.clone());
-        }
+    for (k, child) in m {
+        let seg = if let Some(name) = k.strip_prefix("f:") {
+            Seg::F(name.to_string())
+        } else if let Some(key) = k.strip_prefix("k:") {
+            Seg::K(key.to_string())
+        } else {
+            if k != "." && !prefix.is_empty() {
+                out.insert(prefix.clone());
+            }
+            continue;
+        };
+        prefix.push(seg);
+        parse_v1(child, prefix, out);
+        prefix.pop();
     }
 }
 
-/// Decode `FieldsV1` into leaf paths.
+/// Decode `FieldsV1` into paths.
 pub fn from_fields_v1(v: &Value) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
     parse_v1(v, &mut Vec::new(), &mut out);
@@ -214,45 +338,66 @@ pub fn entries_to_value(entries: &[Entry]) -> Value {
     )
 }
 
-/// Record a non-apply write by `manager`: it takes the fields it changed from everyone else.
+/// What a non-apply write is, for [`track_update`].
+pub struct UpdateArgs<'a> {
+    /// The field manager.
+    pub manager: &'a str,
+    /// The request's apiVersion.
+    pub api_version: &'a str,
+    /// "" or "status".
+    pub subresource: &'a str,
+    /// The current time (RFC 3339).
+    pub now: &'a str,
+    /// Associative-list keys.
+    pub keys: ListKeys<'a>,
+}
+
+/// Record a non-apply write: the manager takes the fields it changed from everyone else.
 pub fn track_update(
     mut entries: Vec<Entry>,
     old: Option<&Value>,
     new: &Value,
-    manager: &str,
-    api_version: &str,
-    subresource: &str,
-    now: &str,
+    a: &UpdateArgs<'_>,
 ) -> Vec<Entry> {
-    let scope = Scope::All;
-    let new_paths = leaf_paths(new, scope);
-    let old_paths = old.map(|o| leaf_paths(o, scope)).unwrap_or_default();
+    let new_paths = leaf_paths(new, Scope::All, a.keys);
+    let old_paths = old
+        .map(|o| leaf_paths(o, Scope::All, a.keys))
+        .unwrap_or_default();
     let changed: BTreeSet<FieldPath> = new_paths
         .iter()
-        .filter(|p| old.and_then(|o| value_at(o, p)) != value_at(new, p))
+        .filter(|p| {
+            if is_item(p) {
+                !old_paths.contains(*p)
+            } else {
+                old.and_then(|o| value_at(o, p)) != value_at(new, p)
+            }
+        })
         .cloned()
         .collect();
     let removed: Vec<&FieldPath> = old_paths.difference(&new_paths).collect();
     for e in entries.iter_mut() {
         e.fields.retain(|f| {
-            !changed.iter().any(|c| overlaps(c, f)) && !removed.iter().any(|r| overlaps(r, f))
+            !changed
+                .iter()
+                .any(|c| !is_item(c) && !is_item(f) && overlaps(c, f))
+                && !removed.iter().any(|r| f.starts_with(r))
         });
     }
     if !changed.is_empty() {
         match entries.iter_mut().find(|e| {
-            e.manager == manager && e.operation == "Update" && e.subresource == subresource
+            e.manager == a.manager && e.operation == "Update" && e.subresource == a.subresource
         }) {
             Some(e) => {
                 e.fields.extend(changed);
-                e.time = now.to_string();
-                e.api_version = api_version.to_string();
+                e.time = a.now.to_string();
+                e.api_version = a.api_version.to_string();
             }
             None => entries.push(Entry {
-                manager: manager.into(),
+                manager: a.manager.into(),
                 operation: "Update".into(),
-                api_version: api_version.into(),
-                time: now.into(),
-                subresource: subresource.into(),
+                api_version: a.api_version.into(),
+                time: a.now.into(),
+                subresource: a.subresource.into(),
                 fields: changed,
             }),
         }
@@ -295,12 +440,56 @@ pub struct ApplyArgs<'a> {
     pub api_version: &'a str,
     /// The current time (RFC 3339).
     pub now: &'a str,
+    /// Associative-list keys.
+    pub keys: ListKeys<'a>,
+}
+
+/// Merge an apply configuration into `live`: maps recursively, associative lists by key,
+/// everything else replaced; `null` removes a field.
+fn merge(live: &mut Value, cfg: &Value, path: &mut FieldPath, keys: ListKeys<'_>) {
+    match (live, cfg) {
+        (Value::Object(l), Value::Object(c)) => {
+            for (k, cv) in c {
+                if cv.is_null() {
+                    l.remove(k);
+                    continue;
+                }
+                path.push(Seg::F(k.clone()));
+                match l.get_mut(k) {
+                    Some(lv) => merge(lv, cv, path, keys),
+                    None => {
+                        l.insert(k.clone(), cv.clone());
+                    }
+                }
+                path.pop();
+            }
+        }
+        (Value::Array(l), Value::Array(c))
+            if assoc_keys(c, path, keys).is_some() && assoc_keys(l, path, keys).is_some() =>
+        {
+            let ks = assoc_keys(c, path, keys).unwrap_or_default();
+            for item in c {
+                let Some(key) = item_key(item, &ks) else {
+                    continue;
+                };
+                match find_item(l, &key) {
+                    Some(i) => {
+                        path.push(Seg::K(key));
+                        merge(&mut l[i], item, path, keys);
+                        path.pop();
+                    }
+                    None => l.push(item.clone()),
+                }
+            }
+        }
+        (l, c) => *l = c.clone(),
+    }
 }
 
 /// Server-side apply of `config` onto `live` (an empty object when creating).
 pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied, Vec<Conflict>> {
     let mut entries = entries_of(live);
-    let applied_set = leaf_paths(config, a.scope);
+    let applied_set = leaf_paths(config, a.scope, a.keys);
     let mine = |e: &Entry| {
         e.manager == a.manager && e.operation == "Apply" && e.subresource == a.subresource
     };
@@ -310,8 +499,8 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
         if mine(e) {
             continue;
         }
-        for q in &e.fields {
-            for p in &applied_set {
+        for q in e.fields.iter().filter(|q| !is_item(q)) {
+            for p in applied_set.iter().filter(|p| !is_item(p)) {
                 if overlaps(p, q) && value_at(config, p) != value_at(live, p) {
                     let field = if q.len() >= p.len() { q } else { p };
                     conflicts.push(Conflict {
@@ -347,19 +536,20 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
         }
     }
     let mut object = live.clone();
-    json_patch::merge(&mut object, &patch);
-    for r in previous.difference(&applied_set) {
-        let kept_by_me = applied_set.iter().any(|p| overlaps(p, r));
+    merge(&mut object, &patch, &mut Vec::new(), a.keys);
+    let mut gone: Vec<&FieldPath> = previous.difference(&applied_set).collect();
+    gone.sort_by_key(|p| p.len());
+    for r in gone {
+        let kept_by_me = applied_set.iter().any(|p| affected(p, r));
         let kept_by_other = entries
             .iter()
             .filter(|e| !mine(e))
-            .any(|e| e.fields.iter().any(|f| overlaps(f, r)));
+            .any(|e| e.fields.iter().any(|f| affected(f, r)));
         if !kept_by_me && !kept_by_other {
             remove_at(&mut object, r);
         }
     }
-    let pos = entries.iter().position(|e| mine(e));
-    match pos {
+    match entries.iter().position(mine) {
         Some(i) => {
             if entries[i].fields != applied_set {
                 entries[i].time = a.now.to_string();
@@ -420,38 +610,103 @@ pub fn conflict_status(conflicts: &[Conflict]) -> crate::error::ApiError {
 mod tests {
     use super::*;
 
+    fn no_keys(_: &[Seg]) -> Option<Vec<String>> {
+        None
+    }
+
+    fn cond_keys(p: &[Seg]) -> Option<Vec<String>> {
+        (p == [Seg::F("status".into()), Seg::F("conditions".into())])
+            .then(|| vec!["type".to_string()])
+    }
+
+    fn args<'a>(m: &'a str, force: bool, keys: ListKeys<'a>) -> ApplyArgs<'a> {
+        ApplyArgs {
+            manager: m,
+            force,
+            scope: Scope::All,
+            subresource: "",
+            api_version: "v1",
+            now: "t",
+            keys,
+        }
+    }
+
+    fn with_entries(a: &Applied) -> Value {
+        let mut o = a.object.clone();
+        o["metadata"]["managedFields"] = entries_to_value(&a.entries);
+        o
+    }
+
     #[test]
     fn fields_v1_roundtrip() {
-        let v = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "y": {"z": [1]}}});
-        let p = leaf_paths(&v, Scope::All);
+        let v = json!({"metadata": {"labels": {"a": "1"}}, "spec": {"x": 1, "y": {"z": [1]}},
+                       "status": {"conditions": [{"type": "A", "status": "True"}]}});
+        let p = leaf_paths(&v, Scope::All, &cond_keys);
         assert_eq!(from_fields_v1(&to_fields_v1(&p)), p);
-        assert_eq!(p.len(), 3);
+        assert_eq!(p.len(), 6);
+        assert_eq!(
+            to_fields_v1(&p)["f:status"]["f:conditions"]["k:{\"type\":\"A\"}"]["."],
+            json!({})
+        );
     }
 
     #[test]
     fn apply_conflicts_and_removal() {
-        let args = |m: &'static str, force| ApplyArgs {
-            manager: m,
-            force,
-            scope: Scope::NoStatus,
-            subresource: "",
-            api_version: "v1",
-            now: "t",
-        };
         let base = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}});
         let a1 = apply(
             &base,
             &json!({"spec": {"a": 1, "b": 2}}),
-            &args("one", false),
+            &args("one", false, &no_keys),
         )
         .unwrap();
-        let mut o = a1.object.clone();
-        o["metadata"]["managedFields"] = entries_to_value(&a1.entries);
-        let err = apply(&o, &json!({"spec": {"a": 5}}), &args("two", false)).unwrap_err();
+        let o = with_entries(&a1);
+        let err = apply(
+            &o,
+            &json!({"spec": {"a": 5}}),
+            &args("two", false, &no_keys),
+        )
+        .unwrap_err();
         assert_eq!(err[0].field, ".spec.a");
-        let same = apply(&o, &json!({"spec": {"a": 1}}), &args("two", false)).unwrap();
+        let same = apply(
+            &o,
+            &json!({"spec": {"a": 1}}),
+            &args("two", false, &no_keys),
+        )
+        .unwrap();
         assert_eq!(same.entries.len(), 2);
-        let a2 = apply(&o, &json!({"spec": {"a": 1}}), &args("one", false)).unwrap();
+        let a2 = apply(
+            &o,
+            &json!({"spec": {"a": 1}}),
+            &args("one", false, &no_keys),
+        )
+        .unwrap();
         assert_eq!(a2.object["spec"], json!({"a": 1}));
+    }
+
+    #[test]
+    fn associative_lists_merge_by_key() {
+        let base = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}});
+        let one = json!({"status": {"conditions": [{"type": "A", "status": "True"}]}});
+        let two = json!({"status": {"conditions": [{"type": "B", "status": "False"}]}});
+        let a1 = apply(&base, &one, &args("one", false, &cond_keys)).unwrap();
+        let a2 = apply(&with_entries(&a1), &two, &args("two", false, &cond_keys)).unwrap();
+        assert_eq!(
+            a2.object["status"]["conditions"].as_array().unwrap().len(),
+            2
+        );
+        let clash = json!({"status": {"conditions": [{"type": "A", "status": "False"}]}});
+        let err = apply(&with_entries(&a2), &clash, &args("two", false, &cond_keys)).unwrap_err();
+        assert_eq!(err[0].field, ".status.conditions[type=\"A\"].status");
+        let a3 = apply(
+            &with_entries(&a2),
+            &json!({"status": {"conditions": []}}),
+            &args("one", false, &cond_keys),
+        )
+        .unwrap();
+        let conds = a3.object["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .clone();
+        assert_eq!(conds, vec![json!({"type": "B", "status": "False"})]);
     }
 }

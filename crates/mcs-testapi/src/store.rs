@@ -276,7 +276,8 @@ fn split_path(p: &str) -> Vec<String> {
 }
 
 fn get_path<'a>(v: &'a Value, p: &str) -> Option<&'a Value> {
-    ssa::value_at(v, &split_path(p))
+    let path: Vec<ssa::Seg> = split_path(p).into_iter().map(ssa::Seg::F).collect();
+    ssa::value_at(v, &path)
 }
 
 fn set_path(v: &mut Value, p: &str, val: Value) {
@@ -288,6 +289,18 @@ fn set_path(v: &mut Value, p: &str, val: Value) {
         cur = &mut cur[k.as_str()];
     }
     *cur = val;
+}
+
+/// The key fields of the associative list at `path` (schema-declared, or ownerReferences).
+fn list_keys(rt: &ResourceType, path: &[ssa::Seg]) -> Option<Vec<String>> {
+    use ssa::Seg::F;
+    if let [F(m), F(o)] = path
+        && m == "metadata"
+        && o == "ownerReferences"
+    {
+        return Some(vec!["uid".to_string()]);
+    }
+    rt.schema.as_ref()?.list_map_keys(path)
 }
 
 fn strip_volatile(v: &Value) -> Value {
@@ -373,6 +386,40 @@ fn normalize(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
         ("coordination.k8s.io", "Lease") => roundtrip::<api::coordination::v1::Lease>(obj, kind),
         (CRD_GROUP, "CustomResourceDefinition") => {
             roundtrip::<apiext::CustomResourceDefinition>(obj, kind)
+        }
+        _ => Ok(()),
+    }
+}
+
+/// The update validation of the built-in kinds that the operator relies on.
+fn builtin_update_rules(rt: &ResourceType, old: &Value, new: &Value, name: &str) -> ApiResult<()> {
+    let immutable = |field: &str, why: &str| {
+        Err(ApiError::invalid(
+            &rt.group,
+            &rt.kind,
+            name,
+            &[(field.to_string(), format!("Forbidden: {why}"))],
+        ))
+    };
+    match (rt.group.as_str(), rt.kind.as_str()) {
+        ("", "Secret" | "ConfigMap") => {
+            if old["immutable"].as_bool() == Some(true) {
+                if new["immutable"].as_bool() != Some(true) {
+                    return immutable("immutable", "field is immutable when `immutable` is set");
+                }
+                for f in ["data", "binaryData"] {
+                    if old.get(f) != new.get(f) {
+                        return immutable(f, "field is immutable when `immutable` is set");
+                    }
+                }
+            }
+            if rt.kind == "Secret" && old.get("type") != new.get("type") {
+                return immutable("type", "field is immutable");
+            }
+            Ok(())
+        }
+        ("apps", "ControllerRevision") if old.get("data") != new.get("data") => {
+            immutable("data", "field is immutable")
         }
         _ => Ok(()),
     }
@@ -643,12 +690,17 @@ impl Inner {
                 }
             }
         }
-        obj["apiVersion"] = json!(storage_api_version);
+        obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
         normalize(rt, &mut obj)?;
-        if let Some(schema) = &rt.schema {
-            schema.admit(&mut obj, old, &rt.group, &rt.kind, name)?;
+        if let Some(o) = old {
+            builtin_update_rules(rt, o, &obj, name)?;
         }
+        if let Some(schema) = &rt.schema {
+            let old_here = old.map(|o| present(rt, o));
+            schema.admit(&mut obj, old_here.as_ref(), &rt.group, &rt.kind, name)?;
+        }
+        obj["apiVersion"] = json!(storage_api_version);
         let is_crd = key.0 == CRD_GROUP && key.1 == CRD_PLURAL;
         let crd_types = if is_crd {
             obj["status"] = json!({
@@ -702,15 +754,15 @@ impl Inner {
                     }
                     _ => old_entries.clone(),
                 };
-                ssa::track_update(
-                    base,
-                    old.map(strip_volatile).as_ref(),
-                    &obj,
+                let keys = |p: &[ssa::Seg]| list_keys(rt, p);
+                let args = ssa::UpdateArgs {
                     manager,
-                    &rt.api_version(),
-                    sub.name(),
-                    &now,
-                )
+                    api_version: &rt.api_version(),
+                    subresource: sub.name(),
+                    now: &now,
+                    keys: &keys,
+                };
+                ssa::track_update(base, old.map(strip_volatile).as_ref(), &obj, &args)
             }
         };
         if let Some(o) = old
@@ -1270,6 +1322,19 @@ impl Store {
         {
             return Err(ApiError::conflict(&rt.group, &rt.plural, name));
         }
+        if let Some(uid) = body["metadata"]["uid"].as_str().filter(|u| !u.is_empty())
+            && uid != uid_of(&old)
+        {
+            return Err(ApiError::conflict_msg(
+                &rt.group,
+                &rt.plural,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    uid_of(&old)
+                ),
+            ));
+        }
         let res = inner.write(
             rt,
             ns,
@@ -1352,7 +1417,9 @@ impl Store {
                     Sub::Main => Scope::All,
                 };
                 let now = now();
+                let keys = |p: &[ssa::Seg]| list_keys(rt, p);
                 let args = ssa::ApplyArgs {
+                    keys: &keys,
                     manager: &o.manager,
                     force,
                     scope,
@@ -1690,7 +1757,7 @@ fn patch_value(rt: &ResourceType, doc: &Value, kind: PatchKind, body: &[u8]) -> 
         PatchKind::Json => {
             let p: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
-            json_patch::patch(&mut out, &p).map_err(|e| {
+            json_patch_go(&mut out, &p).map_err(|e| {
                 ApiError::new(
                     422,
                     "Invalid",
@@ -1708,6 +1775,20 @@ fn patch_value(rt: &ResourceType, doc: &Value, kind: PatchKind, body: &[u8]) -> 
         ));
     }
     Ok(out)
+}
+
+/// RFC 6902 as the apiserver applies it: a `test` for `null` also passes on a missing path.
+fn json_patch_go(doc: &mut Value, p: &json_patch::Patch) -> Result<(), json_patch::PatchError> {
+    for op in &p.0 {
+        if let json_patch::PatchOperation::Test(t) = op
+            && t.value.is_null()
+            && doc.pointer(t.path.as_str()).is_none()
+        {
+            continue;
+        }
+        json_patch::patch(doc, std::slice::from_ref(op))?;
+    }
+    Ok(())
 }
 
 fn scale_of(rt: &ResourceType, obj: &Value) -> ApiResult<Value> {

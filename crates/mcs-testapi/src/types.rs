@@ -297,11 +297,12 @@ pub fn from_crd(crd: &Value) -> ApiResult<Vec<ResourceType>> {
         let vname = v["name"]
             .as_str()
             .ok_or_else(|| inv("spec.versions[].name", "Required value"))?;
+        if v["served"].as_bool() != Some(true) {
+            continue;
+        }
         let schema = Schema::compile(crd, vname).map_err(|msgs| {
-            let causes: Vec<(String, String)> = msgs
-                .into_iter()
-                .map(|m| (format!("spec.versions[{vname}].schema.openAPIV3Schema"), m))
-                .collect();
+            let causes: Vec<(String, String)> =
+                msgs.into_iter().map(|m| (String::new(), m)).collect();
             ApiError::invalid(
                 "apiextensions.k8s.io",
                 "CustomResourceDefinition",
@@ -309,9 +310,6 @@ pub fn from_crd(crd: &Value) -> ApiResult<Vec<ResourceType>> {
                 &causes,
             )
         })?;
-        if v["served"].as_bool() != Some(true) {
-            continue;
-        }
         let sub = &v["subresources"];
         let scale = sub
             .get("scale")

@@ -27,7 +27,10 @@ pub async fn server_with(cfg: TestApiConfig) -> TestApiServer {
 }
 
 pub fn widget_ar() -> ApiResource {
-    ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("test.mcs.dev", "v1", "Widget"), "widgets")
+    ApiResource::from_gvk_with_plural(
+        &GroupVersionKind::gvk("test.mcs.dev", "v1", "Widget"),
+        "widgets",
+    )
 }
 
 pub fn widgets(client: &kube::Client, ns: &str) -> Api<DynamicObject> {

@@ -1,0 +1,311 @@
+//! The HypervisorConnection controller: checks that the hypervisor can be used (for `Local`:
+//! the storage roots exist; the credentials Secret, when referenced, exists) and reports
+//! `state`, `alerts` and the `Ready`/`Degraded` conditions.
+//!
+//! The credentials Secret is read only to learn that it exists and holds data: its values never
+//! reach status, logs or events.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use mcs_domain::Reason;
+
+use super::conditions::{DesiredCondition, merge};
+use super::status::{apply_status, field_manager};
+use super::tasks::publish;
+use super::{Context, ControllerError, watcher_config};
+use crate::api::{
+    ConnectionState, ConnectionType, HypervisorConnection, HypervisorConnectionSpec,
+    HypervisorConnectionStatus, condition_type,
+};
+
+const CONTROLLER: &str = "hypervisorconnection";
+
+/// What was found when checking a connection.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConnectionFacts {
+    /// Per storage root (by name): whether its directory exists.
+    pub roots_found: Vec<(String, bool)>,
+    /// Whether the referenced credentials Secret exists and holds data (`None`: none referenced).
+    pub secret_usable: Option<bool>,
+}
+
+/// What the connection's status should say.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ConnectionDecision {
+    /// On or Unavailable.
+    pub state: ConnectionState,
+    /// Alerts, one per problem.
+    pub alerts: Vec<String>,
+    /// The `Ready` and `Degraded` conditions.
+    pub conditions: Vec<DesiredCondition>,
+}
+
+/// Decides the connection's state from what was found.
+pub fn decide(spec: &HypervisorConnectionSpec, facts: &ConnectionFacts) -> ConnectionDecision {
+    let mut alerts = Vec::new();
+    let mut reason = "Available";
+    if spec.connection_type == ConnectionType::KubeVirt {
+        alerts
+            .push("spec.type: the KubeVirt backend is not implemented yet; use type Local".into());
+        reason = "NotSupported";
+    }
+    let missing: Vec<&str> = facts
+        .roots_found
+        .iter()
+        .filter(|(_, found)| !found)
+        .map(|(name, _)| name.as_str())
+        .collect();
+    for name in &missing {
+        let path = spec
+            .local
+            .as_ref()
+            .and_then(|l| l.storage_roots.iter().find(|r| r.name == *name))
+            .map(|r| r.path.clone())
+            .unwrap_or_default();
+        alerts.push(format!(
+            "spec.local.storageRoots[{name}]: directory {path} does not exist"
+        ));
+    }
+    let all_missing = !facts.roots_found.is_empty() && missing.len() == facts.roots_found.len();
+    if !missing.is_empty() && reason == "Available" {
+        reason = "StorageNotFound";
+    }
+    if facts.secret_usable == Some(false) {
+        let name = spec
+            .credentials_secret_ref
+            .as_ref()
+            .map(|s| s.name.as_str())
+            .unwrap_or_default();
+        alerts.push(format!(
+            "spec.credentialsSecretRef: Secret '{name}' was not found or holds no data"
+        ));
+        reason = "CredentialsNotFound";
+    }
+    let usable = reason == "Available"
+        || (reason == "StorageNotFound" && !all_missing && facts.secret_usable != Some(false));
+    let state = if usable {
+        ConnectionState::On
+    } else {
+        ConnectionState::Unavailable
+    };
+    let message = if alerts.is_empty() {
+        "the hypervisor is reachable".to_string()
+    } else {
+        alerts.join("; ")
+    };
+    let ready = if usable {
+        DesiredCondition::true_(condition_type::READY, "Available", message.clone())
+    } else {
+        DesiredCondition::false_(condition_type::READY, reason, message.clone())
+    };
+    let degraded = if alerts.is_empty() {
+        DesiredCondition::false_(condition_type::DEGRADED, "Available", "no alerts")
+    } else {
+        DesiredCondition::true_(condition_type::DEGRADED, reason, message)
+    };
+    ConnectionDecision {
+        state,
+        alerts,
+        conditions: vec![ready, degraded],
+    }
+}
+
+async fn gather(
+    connection: &HypervisorConnection,
+    namespace: &str,
+    context: &Context,
+) -> Result<ConnectionFacts, ControllerError> {
+    let mut facts = ConnectionFacts::default();
+    if let Some(local) = &connection.spec.local {
+        for root in &local.storage_roots {
+            let found = tokio::fs::metadata(&root.path)
+                .await
+                .is_ok_and(|m| m.is_dir());
+            facts.roots_found.push((root.name.clone(), found));
+        }
+    }
+    if let Some(reference) = &connection.spec.credentials_secret_ref {
+        let secret = context
+            .api::<Secret>(namespace)
+            .get_opt(&reference.name)
+            .await?;
+        facts.secret_usable = Some(secret.is_some_and(|s| {
+            s.data.as_ref().is_some_and(|d| !d.is_empty())
+                || s.string_data.as_ref().is_some_and(|d| !d.is_empty())
+        }));
+    }
+    Ok(facts)
+}
+
+async fn reconcile(
+    connection: Arc<HypervisorConnection>,
+    context: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let namespace = connection
+        .namespace()
+        .ok_or(ControllerError::MissingMetadata {
+            kind: "HypervisorConnection",
+            field: "namespace",
+        })?;
+    let facts = gather(&connection, &namespace, &context).await?;
+    let decision = decide(&connection.spec, &facts);
+    let current = connection.status.clone().unwrap_or_default();
+    let generation = connection.metadata.generation;
+    let status = HypervisorConnectionStatus {
+        observed_generation: generation,
+        state: Some(decision.state),
+        alerts: decision.alerts.clone(),
+        conditions: merge(
+            &current.conditions,
+            &decision.conditions,
+            generation,
+            Timestamp::now(),
+        ),
+    };
+    if status != current {
+        let api = context.api::<HypervisorConnection>(&namespace);
+        apply_status(&api, &connection, &field_manager(CONTROLLER), &status).await?;
+        if current.state != status.state || current.alerts != status.alerts {
+            let (type_, reason) = match decision.state {
+                ConnectionState::On if decision.alerts.is_empty() => {
+                    (EventType::Normal, "Available".to_string())
+                }
+                _ => (
+                    EventType::Warning,
+                    decision
+                        .conditions
+                        .iter()
+                        .find(|c| c.type_ == condition_type::DEGRADED)
+                        .map(|c| c.reason.clone())
+                        .unwrap_or_default(),
+                ),
+            };
+            let note = if decision.alerts.is_empty() {
+                format!("connection state {:?}", decision.state)
+            } else {
+                decision.alerts.join("; ")
+            };
+            publish(
+                &context,
+                connection.as_ref(),
+                type_,
+                &reason,
+                "Connect",
+                note,
+            )
+            .await;
+        }
+    }
+    let again = if decision.state == ConnectionState::On && decision.alerts.is_empty() {
+        context.config.resync
+    } else {
+        Duration::from_secs(10)
+    };
+    Ok(Action::requeue(again))
+}
+
+fn error_policy(
+    _connection: Arc<HypervisorConnection>,
+    error: &ControllerError,
+    _context: Arc<Context>,
+) -> Action {
+    tracing::warn!(controller = CONTROLLER, reason = error.reason(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the HypervisorConnection controller until the stream ends.
+pub async fn run(context: Arc<Context>) {
+    let connections = context.watched_api::<HypervisorConnection>();
+    Controller::new(connections, watcher_config())
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(controller = CONTROLLER, %error, "reconcile error");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{LocalConnection, SecretReference, StorageRoot};
+
+    fn spec(secret: bool) -> HypervisorConnectionSpec {
+        HypervisorConnectionSpec {
+            connection_type: ConnectionType::Local,
+            local: Some(LocalConnection {
+                storage_roots: vec![
+                    StorageRoot {
+                        name: "images".into(),
+                        path: "/srv/images".into(),
+                    },
+                    StorageRoot {
+                        name: "fast".into(),
+                        path: "/srv/fast".into(),
+                    },
+                ],
+                max_concurrent_operations: None,
+                operation_timeout_seconds: None,
+            }),
+            kube_virt: None,
+            credentials_secret_ref: secret.then(|| SecretReference {
+                name: "creds".into(),
+            }),
+        }
+    }
+
+    fn facts(images: bool, fast: bool, secret: Option<bool>) -> ConnectionFacts {
+        ConnectionFacts {
+            roots_found: vec![("images".into(), images), ("fast".into(), fast)],
+            secret_usable: secret,
+        }
+    }
+
+    #[test]
+    fn all_roots_present_is_on_and_ready() {
+        let d = decide(&spec(false), &facts(true, true, None));
+        assert_eq!(d.state, ConnectionState::On);
+        assert!(d.alerts.is_empty());
+        assert!(d.conditions[0].status);
+        assert!(!d.conditions[1].status);
+    }
+
+    #[test]
+    fn a_missing_root_is_an_alert_and_degraded() {
+        let d = decide(&spec(false), &facts(true, false, None));
+        assert_eq!(d.state, ConnectionState::On);
+        assert_eq!(d.alerts.len(), 1);
+        assert!(d.alerts[0].contains("/srv/fast"), "{:?}", d.alerts);
+        assert_eq!(d.conditions[1].reason, "StorageNotFound");
+        let none = decide(&spec(false), &facts(false, false, None));
+        assert_eq!(none.state, ConnectionState::Unavailable);
+        assert_eq!(none.conditions[0].reason, "StorageNotFound");
+    }
+
+    #[test]
+    fn a_missing_secret_makes_it_unavailable_without_echoing_values() {
+        let d = decide(&spec(true), &facts(true, true, Some(false)));
+        assert_eq!(d.state, ConnectionState::Unavailable);
+        assert_eq!(d.conditions[0].reason, "CredentialsNotFound");
+        assert!(d.alerts[0].contains("'creds'"));
+        let ok = decide(&spec(true), &facts(true, true, Some(true)));
+        assert_eq!(ok.state, ConnectionState::On);
+    }
+
+    #[test]
+    fn kubevirt_is_not_supported() {
+        let mut s = spec(false);
+        s.connection_type = ConnectionType::KubeVirt;
+        let d = decide(&s, &facts(true, true, None));
+        assert_eq!(d.state, ConnectionState::Unavailable);
+        assert_eq!(d.conditions[0].reason, "NotSupported");
+    }
+}

@@ -1,0 +1,358 @@
+//! The HostingUnit controller: resolves the unit on its connection's backend and reports what
+//! it offers (storages found and their free space, networks, service offerings, master images
+//! and their snapshots) as inventory counts. A storage whose directory is missing makes the unit
+//! `Ready=False` with reason `StorageNotFound`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use jiff::Timestamp;
+use kube::ResourceExt;
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::EventType;
+use kube::runtime::reflector::ObjectRef;
+use mcs_backend::{BackendError, Inventory, InventoryRequest, Operation, Output};
+use mcs_domain::Reason;
+
+use super::conditions::{DesiredCondition, merge};
+use super::status::{apply_status, field_manager};
+use super::tasks::{publish, run_once};
+use super::{Context, ControllerError, watcher_config};
+use crate::api::{
+    HostingUnit, HostingUnitInventory, HostingUnitSpec, HostingUnitStatus, HypervisorConnection,
+    StorageInventory, condition_type,
+};
+
+const CONTROLLER: &str = "hostingunit";
+
+/// What resolving one storage of the unit gave.
+#[derive(Clone, Debug, PartialEq)]
+pub enum StorageResult {
+    /// The storage exists; what the backend found in it.
+    Found(Inventory),
+    /// The storage could not be resolved.
+    Failed(BackendError),
+}
+
+/// The unit's inventory and conditions, decided from the per-storage results (in the order of
+/// `spec.storages`).
+pub fn decide(
+    spec: &HostingUnitSpec,
+    results: &[(String, StorageResult)],
+) -> (HostingUnitInventory, Vec<DesiredCondition>) {
+    let mut inventory = HostingUnitInventory {
+        networks: count(spec.networks.len()),
+        service_offerings: count(spec.service_offerings.len()),
+        ..HostingUnitInventory::default()
+    };
+    let mut problems: Vec<(String, &'static str)> = Vec::new();
+    for (name, result) in results {
+        match result {
+            StorageResult::Found(found) => {
+                inventory.storages_found += 1;
+                inventory.master_images += count(found.master_images.len());
+                inventory.snapshots +=
+                    count(found.master_images.iter().map(|m| m.snapshots.len()).sum());
+                inventory.storages.push(StorageInventory {
+                    name: name.clone(),
+                    found: true,
+                    free_bytes: found
+                        .storages
+                        .first()
+                        .and_then(|s| i64::try_from(s.available_bytes).ok()),
+                });
+            }
+            StorageResult::Failed(error) => {
+                problems.push((format!("spec.storages[{name}]: {error}"), error.reason()));
+                inventory.storages.push(StorageInventory {
+                    name: name.clone(),
+                    found: false,
+                    free_bytes: None,
+                });
+            }
+        }
+    }
+    let conditions = match problems.first() {
+        None => vec![
+            DesiredCondition::true_(
+                condition_type::READY,
+                "Available",
+                format!(
+                    "{} storages, {} master images with {} snapshots",
+                    inventory.storages_found, inventory.master_images, inventory.snapshots
+                ),
+            ),
+            DesiredCondition::false_(condition_type::DEGRADED, "Available", "every storage found"),
+        ],
+        Some((_, reason)) => {
+            let message = problems
+                .iter()
+                .map(|(m, _)| m.as_str())
+                .collect::<Vec<_>>()
+                .join("; ");
+            vec![
+                DesiredCondition::false_(condition_type::READY, *reason, message.clone()),
+                DesiredCondition::true_(condition_type::DEGRADED, *reason, message),
+            ]
+        }
+    };
+    (inventory, conditions)
+}
+
+fn count(n: usize) -> i32 {
+    i32::try_from(n).unwrap_or(i32::MAX)
+}
+
+/// Conditions for a unit that could not be resolved at all (no connection, bad settings).
+fn unresolved(reason: &str, message: String) -> Vec<DesiredCondition> {
+    vec![
+        DesiredCondition::false_(condition_type::READY, reason, message.clone()),
+        DesiredCondition::true_(condition_type::DEGRADED, reason, message),
+    ]
+}
+
+async fn resolve(
+    unit: &HostingUnit,
+    connection: &HypervisorConnection,
+    context: &Context,
+) -> Result<Vec<(String, StorageResult)>, BackendError> {
+    let backend = context.backends.for_hosting_unit(unit, connection)?;
+    let mut results = Vec::new();
+    for storage in &unit.spec.storages {
+        let op = Operation::ResolveInventory(InventoryRequest {
+            hosting_unit: unit.name_any(),
+            storages: vec![storage.name.clone()],
+        });
+        let result = match run_once(backend.as_ref(), op).await {
+            Ok(Output::Inventory(inventory)) => StorageResult::Found(inventory),
+            Ok(other) => StorageResult::Failed(BackendError::NotSupported {
+                backend: backend.kind().to_string(),
+                operation: format!("ResolveInventory answered with {other:?}"),
+            }),
+            Err(error) => StorageResult::Failed(error),
+        };
+        results.push((storage.name.clone(), result));
+    }
+    Ok(results)
+}
+
+async fn reconcile(
+    unit: Arc<HostingUnit>,
+    context: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let namespace = unit.namespace().ok_or(ControllerError::MissingMetadata {
+        kind: "HostingUnit",
+        field: "namespace",
+    })?;
+    let connection = context
+        .api::<HypervisorConnection>(&namespace)
+        .get_opt(&unit.spec.connection_ref)
+        .await?;
+    let current = unit.status.clone().unwrap_or_default();
+    let (inventory, conditions) = match &connection {
+        None => (
+            current.inventory.clone(),
+            unresolved(
+                "HypervisorConnectionNotFound",
+                format!(
+                    "spec.connectionRef: hypervisor connection '{}' was not found in the namespace",
+                    unit.spec.connection_ref
+                ),
+            ),
+        ),
+        Some(connection) => match resolve(&unit, connection, &context).await {
+            Ok(results) => {
+                let (inventory, conditions) = decide(&unit.spec, &results);
+                (Some(inventory), conditions)
+            }
+            Err(error) => (
+                current.inventory.clone(),
+                unresolved(error.reason(), format!("spec.storages: {error}")),
+            ),
+        },
+    };
+    let generation = unit.metadata.generation;
+    let status = HostingUnitStatus {
+        observed_generation: generation,
+        inventory,
+        conditions: merge(
+            &current.conditions,
+            &conditions,
+            generation,
+            Timestamp::now(),
+        ),
+    };
+    let ready = conditions
+        .iter()
+        .find(|c| c.type_ == condition_type::READY)
+        .cloned();
+    if status != current {
+        let api = context.api::<HostingUnit>(&namespace);
+        apply_status(&api, &unit, &field_manager(CONTROLLER), &status).await?;
+        let was = current
+            .conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .map(|c| (c.status.clone(), c.reason.clone()));
+        if let Some(ready) = &ready {
+            let now = (
+                if ready.status { "True" } else { "False" }.to_string(),
+                ready.reason.clone(),
+            );
+            if was.as_ref() != Some(&now) {
+                let type_ = if ready.status {
+                    EventType::Normal
+                } else {
+                    EventType::Warning
+                };
+                publish(
+                    &context,
+                    unit.as_ref(),
+                    type_,
+                    &ready.reason,
+                    "ResolveInventory",
+                    ready.message.clone(),
+                )
+                .await;
+            }
+        }
+    }
+    let healthy = ready.is_some_and(|r| r.status);
+    Ok(Action::requeue(if healthy {
+        context.config.resync.min(Duration::from_secs(60))
+    } else {
+        Duration::from_secs(10)
+    }))
+}
+
+fn error_policy(
+    _unit: Arc<HostingUnit>,
+    error: &ControllerError,
+    _context: Arc<Context>,
+) -> Action {
+    tracing::warn!(controller = CONTROLLER, reason = error.reason(), %error, "reconcile failed");
+    Action::requeue(Duration::from_secs(5))
+}
+
+/// Runs the HostingUnit controller until the stream ends.
+pub async fn run(context: Arc<Context>) {
+    let units = context.watched_api::<HostingUnit>();
+    let connections = context.watched_api::<HypervisorConnection>();
+    let controller = Controller::new(units, watcher_config());
+    let store = controller.store();
+    controller
+        .watches(
+            connections,
+            watcher_config(),
+            move |connection: HypervisorConnection| {
+                let namespace = connection.namespace();
+                let name = connection.name_any();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(move |unit| {
+                        unit.namespace() == namespace && unit.spec.connection_ref == name
+                    })
+                    .map(|unit| ObjectRef::from_obj(unit.as_ref()))
+            },
+        )
+        .run(reconcile, error_policy, context)
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(controller = CONTROLLER, %error, "reconcile error");
+            }
+        })
+        .await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{HostingUnitNetwork, HostingUnitStorage};
+    use mcs_backend::{MasterImageInfo, StorageInfo};
+
+    fn spec() -> HostingUnitSpec {
+        HostingUnitSpec {
+            connection_ref: "local".into(),
+            storages: vec![
+                HostingUnitStorage {
+                    name: "primary".into(),
+                    root: "images".into(),
+                    path: None,
+                },
+                HostingUnitStorage {
+                    name: "secondary".into(),
+                    root: "fast".into(),
+                    path: Some("lab".into()),
+                },
+            ],
+            networks: vec![HostingUnitNetwork {
+                name: "lan".into(),
+                backing: None,
+            }],
+            service_offerings: vec![],
+        }
+    }
+
+    fn found(masters: usize, snapshots: usize, free: u64) -> StorageResult {
+        StorageResult::Found(Inventory {
+            storages: vec![StorageInfo {
+                name: "s".into(),
+                path: "/s".into(),
+                available_bytes: free,
+            }],
+            master_images: (0..masters)
+                .map(|i| MasterImageInfo {
+                    path: format!("XDHyp:\\HostingUnits\\lab\\m{i}.vm"),
+                    storage: "s".into(),
+                    file: format!("/s/m{i}.qcow2").into(),
+                    virtual_size: 1,
+                    snapshots: (0..snapshots).map(|j| format!("s{j}")).collect(),
+                })
+                .collect(),
+            ..Inventory::default()
+        })
+    }
+
+    #[test]
+    fn counts_the_inventory() {
+        let (inventory, conditions) = decide(
+            &spec(),
+            &[
+                ("primary".into(), found(2, 1, 1000)),
+                ("secondary".into(), found(0, 0, 500)),
+            ],
+        );
+        assert_eq!(inventory.storages_found, 2);
+        assert_eq!(inventory.master_images, 2);
+        assert_eq!(inventory.snapshots, 2);
+        assert_eq!(inventory.networks, 1);
+        assert_eq!(inventory.service_offerings, 0);
+        assert_eq!(inventory.storages[0].free_bytes, Some(1000));
+        assert!(conditions[0].status);
+    }
+
+    #[test]
+    fn a_missing_storage_is_storage_not_found() {
+        let (inventory, conditions) = decide(
+            &spec(),
+            &[
+                ("primary".into(), found(1, 1, 1000)),
+                (
+                    "secondary".into(),
+                    StorageResult::Failed(BackendError::StorageNotFound {
+                        storage: "secondary".into(),
+                        path: "/srv/fast/lab".into(),
+                    }),
+                ),
+            ],
+        );
+        assert_eq!(inventory.storages_found, 1);
+        assert!(!inventory.storages[1].found);
+        assert!(!conditions[0].status);
+        assert_eq!(conditions[0].reason, "StorageNotFound");
+        assert!(conditions[0].message.contains("spec.storages[secondary]"));
+        assert!(conditions[1].status);
+    }
+}
