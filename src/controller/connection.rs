@@ -14,12 +14,11 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
-use mcs_domain::Reason;
 
 use super::conditions::{DesiredCondition, merge};
 use super::status::{apply_status, field_manager};
 use super::tasks::publish;
-use super::{Context, ControllerError, watcher_config};
+use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     ConnectionState, ConnectionType, HypervisorConnection, HypervisorConnectionSpec,
     HypervisorConnectionStatus, condition_type,
@@ -216,8 +215,7 @@ fn error_policy(
     error: &ControllerError,
     _context: Arc<Context>,
 ) -> Action {
-    tracing::warn!(controller = CONTROLLER, reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    requeue_after_error(CONTROLLER, error)
 }
 
 /// Runs the HypervisorConnection controller until the stream ends.

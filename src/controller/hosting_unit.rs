@@ -13,12 +13,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use mcs_backend::{BackendError, Inventory, InventoryRequest, Operation, Output};
-use mcs_domain::Reason;
 
 use super::conditions::{DesiredCondition, merge};
 use super::status::{apply_status, field_manager};
 use super::tasks::{publish, run_once};
-use super::{Context, ControllerError, watcher_config};
+use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     HostingUnit, HostingUnitInventory, HostingUnitSpec, HostingUnitStatus, HypervisorConnection,
     StorageInventory, condition_type,
@@ -231,8 +230,7 @@ fn error_policy(
     error: &ControllerError,
     _context: Arc<Context>,
 ) -> Action {
-    tracing::warn!(controller = CONTROLLER, reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    requeue_after_error(CONTROLLER, error)
 }
 
 /// Runs the HostingUnit controller until the stream ends.

@@ -15,7 +15,7 @@ use mcs_domain::naming::{NamingError, NamingScheme};
 
 use super::conditions::{DesiredCondition, merge};
 use super::status::{apply_status, field_manager};
-use super::{Context, ControllerError, watcher_config};
+use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     IdentityPool, IdentityPoolSpec, IdentityPoolStatus, ProvScheme, ProvVm, condition_type,
 };
@@ -149,8 +149,7 @@ fn error_policy(
     error: &ControllerError,
     _context: Arc<Context>,
 ) -> Action {
-    tracing::warn!(controller = CONTROLLER, reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(std::time::Duration::from_secs(5))
+    requeue_after_error(CONTROLLER, error)
 }
 
 /// Runs the IdentityPool controller until the stream ends.

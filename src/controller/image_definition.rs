@@ -23,7 +23,7 @@ use super::image_version::{ANNOTATION_LAST_VERSION, Counter};
 use super::image_version_spec::{schemes_and_machines, users_of_specs};
 use super::status::{apply_status, field_manager};
 use super::tasks::publish;
-use super::{Context, ControllerError, watcher_config};
+use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     HypervisorConnection, ImageDefinition, ImageDefinitionSpec, ImageDefinitionStatus,
     ImageVersion, ImageVersionSpec, condition_type,
@@ -303,12 +303,7 @@ fn error_policy(
     error: &ControllerError,
     _context: Arc<Context>,
 ) -> Action {
-    if error.reason() == "InUse" {
-        tracing::info!(controller = CONTROLLER, %error, "deletion waits");
-        return Action::requeue(Duration::from_secs(3));
-    }
-    tracing::warn!(controller = CONTROLLER, reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    requeue_after_error(CONTROLLER, error)
 }
 
 /// Runs the ImageDefinition controller until the stream ends.

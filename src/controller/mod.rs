@@ -107,6 +107,20 @@ impl Context {
     }
 }
 
+/// The shared error policy: a deletion waiting for its users is retried soon and logged at
+/// info level; any other failure is logged as a warning with its reason and retried later.
+pub fn requeue_after_error(
+    controller: &'static str,
+    error: &ControllerError,
+) -> kube::runtime::controller::Action {
+    if matches!(error, ControllerError::InUse { .. }) {
+        tracing::info!(controller, %error, "deletion waits");
+        return kube::runtime::controller::Action::requeue(Duration::from_secs(3));
+    }
+    tracing::warn!(controller, reason = mcs_domain::Reason::reason(error), %error, "reconcile failed");
+    kube::runtime::controller::Action::requeue(Duration::from_secs(5))
+}
+
 /// The watcher settings every controller uses.
 pub fn watcher_config() -> watcher::Config {
     watcher::Config::default().any_semantic()
