@@ -34,6 +34,7 @@ pub mod selector;
 mod server;
 pub mod ssa;
 pub mod store;
+mod table;
 mod tls;
 pub mod types;
 

@@ -472,6 +472,7 @@ async fn resource_request(
     let r = route(&ctx.store, segs)?;
     let q = parse_query(req.uri().query());
     let method = req.method().clone();
+    let table = crate::table::negotiate(req.headers());
     let watch = truthy(&q, "watch");
     let verb = match (&method, &r.name) {
         (&Method::GET, None) if watch => "watch",
@@ -544,10 +545,10 @@ async fn resource_request(
         }
         "list" => {
             let lo = list_opts(rt, &q)?;
-            Ok(json_resp(200, &ctx.store.list(rt, ns, &lo)?))
+            read_resp(ctx, rt, table, &q, ctx.store.list(rt, ns, &lo)?)
         }
         "get" if is_scale => Ok(json_resp(200, &ctx.store.get_scale(rt, nsv, &name)?)),
-        "get" => Ok(json_resp(200, &ctx.store.get(rt, nsv, &name)?)),
+        "get" => read_resp(ctx, rt, table, &q, ctx.store.get(rt, nsv, &name)?),
         "create" => {
             let body = parse_json(&read_body(req).await?)?;
             Ok(json_resp(201, &ctx.store.create(rt, ns, body, &wo)?))
@@ -628,6 +629,23 @@ async fn resource_request(
         }
         _ => Err(ApiError::method_not_allowed()),
     }
+}
+
+/// A get or list result, as a `meta.k8s.io` Table when the client negotiated one.
+fn read_resp(
+    ctx: &Ctx,
+    rt: &ResourceType,
+    table: Option<crate::table::TableRequest>,
+    q: &HashMap<String, String>,
+    result: Value,
+) -> ApiResult<Response<Body>> {
+    Ok(match table {
+        Some(t) => {
+            let body = crate::table::render(&ctx.store, rt, t, q, &result)?;
+            respond(200, t.content_type(), body.to_string())
+        }
+        None => json_resp(200, &result),
+    })
 }
 
 fn list_opts(rt: &ResourceType, q: &HashMap<String, String>) -> ApiResult<ListOpts> {
