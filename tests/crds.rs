@@ -137,6 +137,21 @@ fn committed_crds_match_the_generator() {
 }
 
 #[test]
+fn cel_rules_fit_the_api_server_cost_budget() {
+    let schemas = schemas();
+    assert_eq!(schemas.len(), 8);
+    let warnings: Vec<String> = schemas
+        .iter()
+        .flat_map(|(kind, s)| {
+            s.cost_warnings()
+                .into_iter()
+                .map(move |w| format!("{kind}: {w}"))
+        })
+        .collect();
+    assert!(warnings.is_empty(), "{}", warnings.join("\n"));
+}
+
+#[test]
 fn every_crd_is_structural_with_the_expected_names() {
     let crds = all_crds();
     assert_eq!(crds.len(), 8);

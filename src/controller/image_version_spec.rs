@@ -919,9 +919,6 @@ async fn reconcile_prepared(
                 }
                 _ => {
                     context.tasks.forget(&key).await;
-                    if before.is_some() {
-                        clear_task(context, &namespace, &name).await?;
-                    }
                     let mut t = TaskStatus::start(
                         TaskType::NewImageVersionSpec,
                         uuid::Uuid::new_v4().to_string(),
@@ -1044,21 +1041,6 @@ pub fn without_clock(status: &ImageVersionSpecStatus) -> ImageVersionSpecStatus 
         task.task_expected_completion = None;
     }
     out
-}
-
-/// Drops the previous task record before a fresh task is applied, so no field of the old
-/// record (its `terminatingError`) can survive into the new one.
-async fn clear_task(context: &Context, namespace: &str, name: &str) -> Result<(), ControllerError> {
-    let patch = serde_json::json!({ "status": { "task": null } });
-    context
-        .api::<ImageVersionSpec>(namespace)
-        .patch_status(
-            name,
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
 }
 
 /// How many storages the prepare writes to (for the progress mapping).

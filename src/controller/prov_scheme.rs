@@ -938,13 +938,6 @@ async fn reconcile(
         now,
     );
     if significant(&current_status, &status) {
-        clear_stale_task_error(
-            &schemes,
-            &name,
-            current_status.task.as_ref(),
-            status.task.as_ref(),
-        )
-        .await?;
         apply_status(&schemes, &scheme, &field_manager(CONTROLLER), &status).await?;
     }
     // A retry is consumed by the task it started, and dropped when it cannot apply.
@@ -976,28 +969,6 @@ fn significant(old: &ProvSchemeStatus, new: &ProvSchemeStatus) -> bool {
         copy
     };
     quiet(old) != quiet(new)
-}
-
-/// Removes the old task's `terminatingError` with a status merge patch when a fresh task
-/// replaces a failed one. Server-side apply drops the fields the manager stopped sending, but
-/// may leave their parent object behind empty, which the schema's required fields reject.
-pub async fn clear_stale_task_error<K>(
-    api: &Api<K>,
-    name: &str,
-    old: Option<&TaskStatus>,
-    new: Option<&TaskStatus>,
-) -> Result<(), ControllerError>
-where
-    K: Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
-{
-    let stale = old.is_some_and(|t| t.terminating_error.is_some())
-        && new.is_some_and(|t| t.terminating_error.is_none());
-    if stale {
-        let patch = json!({ "status": { "task": { "terminatingError": null } } });
-        api.patch_status(name, &PatchParams::default(), &Patch::Merge(&patch))
-            .await?;
-    }
-    Ok(())
 }
 
 fn count(machines: &[&ProvVm], predicate: impl Fn(&ProvVm) -> bool) -> i32 {

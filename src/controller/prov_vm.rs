@@ -904,13 +904,6 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                     != status.task.as_ref().map(|t| t.task_state),
         ) {
             Ok(()) => {
-                super::prov_scheme::clear_stale_task_error(
-                    &api,
-                    &machine.name_any(),
-                    old.task.as_ref(),
-                    status.task.as_ref(),
-                )
-                .await?;
                 apply_status(&api, &machine, &field_manager(CONTROLLER), &status).await?;
             }
             Err(wait) => requeue = Some(requeue.map_or(wait, |r| r.min(wait))),

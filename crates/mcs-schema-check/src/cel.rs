@@ -317,7 +317,7 @@ pub(crate) fn walk(
 
 /// CEL's escaping of a property name (`apiserver/schema/cel/model/escaping.go`);
 /// `None` when the name cannot be accessed from CEL at all.
-fn escape(name: &str) -> Option<String> {
+pub(crate) fn escape(name: &str) -> Option<String> {
     const RESERVED: &[&str] = &[
         "true",
         "false",

@@ -10,6 +10,7 @@
 //! [`CrdSchema::validate`]; a failed validation becomes [`invalid_status`].
 
 mod cel;
+mod cost;
 mod error;
 mod formats;
 mod gofmt;
@@ -84,6 +85,7 @@ pub struct CrdSchema {
     status_subresource: bool,
     scale: Option<ScaleSubresource>,
     root: Node,
+    schema_path: String,
     structural: Vec<String>,
     rule_count: usize,
 }
@@ -184,6 +186,7 @@ impl CrdSchema {
             status_subresource,
             scale,
             root,
+            schema_path: prefix,
             structural,
             rule_count,
         })
@@ -253,6 +256,19 @@ impl CrdSchema {
     /// Number of compiled `x-kubernetes-validations` rules.
     pub fn cel_rule_count(&self) -> usize {
         self.rule_count
+    }
+
+    /// The `x-kubernetes-validations` rules whose estimated worst-case cost exceeds the
+    /// apiserver's per-rule budget, which a real apiserver rejects when the CRD is created
+    /// (empty = every rule fits). Each warning names the rule's schema path, the rule and the
+    /// estimate, and lists the lists, maps and strings the rule traverses that have no
+    /// `maxItems`/`maxProperties`/`maxLength` bound. Missing bounds on fields a rule does not
+    /// iterate over are not reported: they do not affect its cost. The cost model is
+    /// described in the crate's `src/cost.rs`.
+    pub fn cost_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        cost::tree_warnings(&self.root, &self.schema_path, &mut out);
+        out
     }
 
     /// Structural-schema and schema-definition violations, formatted as the apiserver

@@ -306,3 +306,108 @@ properties:
         other => panic!("expected a compile error, got {other:?}"),
     }
 }
+
+const UNBOUNDED_LIST: &str = r#"
+type: object
+properties:
+  names:
+    type: array
+    items:
+      type: string
+    x-kubernetes-validations:
+      - rule: "self.all(n, n.startsWith('vm-'))"
+        message: names start with vm-
+"#;
+
+const BOUNDED_LIST: &str = r#"
+type: object
+properties:
+  names:
+    type: array
+    maxItems: 16
+    items:
+      type: string
+      maxLength: 63
+    x-kubernetes-validations:
+      - rule: "self.all(n, n.startsWith('vm-'))"
+        message: names start with vm-
+"#;
+
+#[test]
+fn unbounded_list_iterated_by_a_rule_exceeds_the_cost_budget() {
+    let warnings = spec_schema(UNBOUNDED_LIST).cost_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    let w = &warnings[0];
+    assert!(
+        w.contains("properties[spec].properties[names].x-kubernetes-validations[0]"),
+        "{w}"
+    );
+    assert!(w.contains("self.all(n, n.startsWith('vm-'))"), "{w}");
+    assert!(w.contains("estimated cost"), "{w}");
+    assert!(w.contains("self (no maxItems)"), "{w}");
+}
+
+#[test]
+fn bounded_list_fits_the_cost_budget() {
+    let warnings = spec_schema(BOUNDED_LIST).cost_warnings();
+    assert!(warnings.is_empty(), "{warnings:?}");
+}
+
+#[test]
+fn unbounded_strings_in_a_bounded_list_still_count() {
+    let yaml = BOUNDED_LIST.replace("      maxLength: 63\n", "");
+    let warnings = spec_schema(&yaml).cost_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("self[*] (no maxLength)"),
+        "{}",
+        warnings[0]
+    );
+}
+
+#[test]
+fn missing_bounds_on_fields_a_rule_does_not_iterate_are_not_reported() {
+    // kube-cel's own MissingBounds check would flag `others` here: the rule never reads it.
+    let s = spec_schema(
+        r#"
+type: object
+x-kubernetes-validations:
+  - rule: "self.names.all(n, n.size() < 64)"
+properties:
+  names:
+    type: array
+    maxItems: 8
+    items:
+      type: string
+  others:
+    type: array
+    items:
+      type: string
+  labels:
+    type: object
+    additionalProperties:
+      type: string
+"#,
+    );
+    assert!(s.cost_warnings().is_empty(), "{:?}", s.cost_warnings());
+    let s = spec_schema(
+        r#"
+type: object
+x-kubernetes-validations:
+  - rule: "!has(self.labels) || self.labels.all(k, k.size() < 64)"
+properties:
+  labels:
+    type: object
+    additionalProperties:
+      type: string
+"#,
+    );
+    let w = s.cost_warnings();
+    assert_eq!(w.len(), 1, "{w:?}");
+    assert!(w[0].contains("self.labels (no maxProperties)"), "{}", w[0]);
+}
+
+#[test]
+fn plain_comparisons_have_no_cost_warnings() {
+    assert!(spec_schema(VM).cost_warnings().is_empty());
+}

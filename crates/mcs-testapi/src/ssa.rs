@@ -194,6 +194,24 @@ fn remove_at(v: &mut Value, path: &[Seg]) {
     }
 }
 
+/// After `removed` was dropped, drop the maps above it that it leaves empty and that nobody
+/// owns (or owns anything below): as structured-merge-diff does, a map that only existed to
+/// hold the removed fields goes with them instead of staying behind as `{}`. Stops at the
+/// first ancestor that is kept, is not an empty map, or sits in a list item (an item is
+/// owned by its key fields, so it is never left empty).
+fn prune_empty_parents(object: &mut Value, removed: &[Seg], kept: &dyn Fn(&[Seg]) -> bool) {
+    for len in (1..removed.len()).rev() {
+        let parent = &removed[..len];
+        if !matches!(parent.last(), Some(Seg::F(_)))
+            || !value_at(object, parent).is_some_and(|v| v.as_object().is_some_and(Map::is_empty))
+            || kept(parent)
+        {
+            return;
+        }
+        remove_at(object, parent);
+    }
+}
+
 fn is_item(p: &[Seg]) -> bool {
     matches!(p.last(), Some(Seg::K(_)))
 }
@@ -539,15 +557,19 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
     merge(&mut object, &patch, &mut Vec::new(), a.keys);
     let mut gone: Vec<&FieldPath> = previous.difference(&applied_set).collect();
     gone.sort_by_key(|p| p.len());
+    let kept = |r: &[Seg]| {
+        applied_set.iter().any(|p| affected(p, r))
+            || entries
+                .iter()
+                .filter(|e| !mine(e))
+                .any(|e| e.fields.iter().any(|f| affected(f, r)))
+    };
     for r in gone {
-        let kept_by_me = applied_set.iter().any(|p| affected(p, r));
-        let kept_by_other = entries
-            .iter()
-            .filter(|e| !mine(e))
-            .any(|e| e.fields.iter().any(|f| affected(f, r)));
-        if !kept_by_me && !kept_by_other {
-            remove_at(&mut object, r);
+        if kept(r) {
+            continue;
         }
+        remove_at(&mut object, r);
+        prune_empty_parents(&mut object, r, &kept);
     }
     match entries.iter().position(mine) {
         Some(i) => {
@@ -681,6 +703,31 @@ mod tests {
         )
         .unwrap();
         assert_eq!(a2.object["spec"], json!({"a": 1}));
+    }
+
+    #[test]
+    fn dropping_every_child_removes_the_parent_map() {
+        let base = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}});
+        let failed =
+            json!({"status": {"task": {"phase": "F", "err": {"reason": "r", "message": "m"}}}});
+        let a1 = apply(&base, &failed, &args("ctrl", false, &no_keys)).unwrap();
+        let again = json!({"status": {"task": {"phase": "R"}}});
+        let a2 = apply(&with_entries(&a1), &again, &args("ctrl", false, &no_keys)).unwrap();
+        assert_eq!(a2.object["status"], json!({"task": {"phase": "R"}}));
+
+        let other = json!({"status": {"task": {"phase": "R"}}});
+        let b1 = apply(&with_entries(&a1), &other, &args("other", true, &no_keys)).unwrap();
+        let b2 = apply(
+            &with_entries(&b1),
+            &json!({"status": {"done": true}}),
+            &args("ctrl", false, &no_keys),
+        )
+        .unwrap();
+        assert_eq!(
+            b2.object["status"],
+            json!({"task": {"phase": "R"}, "done": true}),
+            "the map another manager has fields in stays, the one only ctrl filled goes"
+        );
     }
 
     #[test]

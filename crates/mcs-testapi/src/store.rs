@@ -348,8 +348,43 @@ fn roundtrip<T: DeserializeOwned + Serialize>(obj: &mut Value, kind: &str) -> Ap
     Ok(())
 }
 
-/// Decode into the built-in type and encode again: type-checks and drops unknown fields.
+/// Round-trip an object through its typed form, as the apiserver does by decoding and
+/// re-encoding it, then drop the empty `metadata` collections that Go's `omitempty` never
+/// stores.
 fn normalize(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
+    normalize_typed(rt, obj)?;
+    drop_empty_meta(obj);
+    Ok(())
+}
+
+/// Remove `metadata.finalizers: []`, `labels: {}` and the like. `ObjectMeta` tags these
+/// `omitempty`, so a real apiserver never stores or returns them empty: after the last
+/// finalizer is removed the field is absent, and a JSON patch `test` of it against `null`
+/// (what kube's `finalizer()` helper sends before adding the first one) passes.
+fn drop_empty_meta(obj: &mut Value) {
+    if let Some(m) = obj.get_mut("metadata").and_then(Value::as_object_mut) {
+        for k in [
+            "finalizers",
+            "ownerReferences",
+            "labels",
+            "annotations",
+            "managedFields",
+        ] {
+            let empty = match m.get(k) {
+                Some(Value::Array(a)) => a.is_empty(),
+                Some(Value::Object(o)) => o.is_empty(),
+                Some(Value::Null) => true,
+                _ => false,
+            };
+            if empty {
+                m.remove(k);
+            }
+        }
+    }
+}
+
+/// Decode into the built-in type and encode again: type-checks and drops unknown fields.
+fn normalize_typed(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
     use k8s_openapi::api;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1 as apiext;
     if rt.custom {
