@@ -44,7 +44,7 @@ use super::tasks::{
     TaskAction, TaskAnnotations, decide_task_action, follow_snapshot, publish, remove_annotations,
     run_once,
 };
-use super::{Context, ControllerError, watcher_config};
+use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     DeletionPolicy, HostingUnit, HypervisorConnection, ImageDefinition, ImageInstance, ImageStatus,
     ImageVersion, ImageVersionSpec, ImageVersionSpecStatus, MasterImageSpec, PreparedImageSpec,
@@ -1190,12 +1190,7 @@ fn error_policy(
     error: &ControllerError,
     _context: Arc<Context>,
 ) -> Action {
-    if error.reason() == "InUse" {
-        tracing::info!(controller = CONTROLLER, %error, "deletion waits");
-        return Action::requeue(Duration::from_secs(3));
-    }
-    tracing::warn!(controller = CONTROLLER, reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(5))
+    requeue_after_error(CONTROLLER, error)
 }
 
 /// Runs the ImageVersionSpec controller until the stream ends.
