@@ -29,9 +29,27 @@ enum Command {
         /// Reconciles of one kind that run at once.
         #[arg(long, env = "MCS_CONCURRENCY", default_value_t = 4)]
         concurrency: u16,
+        /// At most one progress write per object per this many milliseconds (state changes
+        /// always go out at the next follow).
+        #[arg(long, env = "MCS_PROGRESS_INTERVAL_MS", default_value_t = 1000)]
+        progress_interval_ms: u64,
         /// Log format: `json` (the default in a container) or `text`.
         #[arg(long, env = "MCS_LOG_FORMAT", default_value = "json")]
         log_format: LogFormat,
+    },
+    /// Try everything on this machine without a cluster: an in-process API server, the
+    /// operator, a sample master image and the flow of `examples/`.
+    Dev {
+        /// Working directory: storage roots (`images`, `fast`), kubeconfig, operator log.
+        #[arg(long, default_value = ".mcs-dev")]
+        dir: PathBuf,
+        /// A qcow2 master image to use (copied in) instead of a generated sample.
+        #[arg(long)]
+        master: Option<PathBuf>,
+        /// Serve HTTPS with a generated CA (the default; kubectl sends its token only over
+        /// HTTPS); `--tls false` serves plain HTTP.
+        #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+        tls: bool,
     },
     /// Provisioning scheme versions: history, revert, diff (also `kubectl mcs scheme ...` when
     /// the binary is linked as `kubectl-mcs`).
@@ -65,11 +83,16 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run_operator(namespace: Option<String>, concurrency: u16) -> anyhow::Result<()> {
+async fn run_operator(
+    namespace: Option<String>,
+    concurrency: u16,
+    progress_interval_ms: u64,
+) -> anyhow::Result<()> {
     let client = kube::Client::try_default().await?;
     let config = mcs_operator::controller::OperatorConfig {
         namespace,
         concurrency,
+        progress_interval: std::time::Duration::from_millis(progress_interval_ms.max(50)),
         ..Default::default()
     };
     tracing::info!(namespace = ?config.namespace, "mcs-operator starting");
@@ -109,7 +132,7 @@ fn run_scheme(
             ExitCode::SUCCESS
         }
         Err(error) => {
-            eprintln!("mcs-operator: {error}");
+            eprintln!("mcs-operator: {error:#}");
             ExitCode::FAILURE
         }
     }
@@ -119,13 +142,25 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scheme { namespace, command } => return run_scheme(namespace, &command),
-        Command::Crd { out_dir: None } => {
-            mcs_operator::crd::render_all().map(|yaml| print!("{yaml}"))
+        Command::Crd { out_dir: None } => mcs_operator::crd::render_all()
+            .map(|yaml| print!("{yaml}"))
+            .map_err(anyhow::Error::from),
+        Command::Crd { out_dir: Some(dir) } => {
+            mcs_operator::crd::write_dir(&dir).map_err(anyhow::Error::from)
         }
-        Command::Crd { out_dir: Some(dir) } => mcs_operator::crd::write_dir(&dir),
+        Command::Dev { dir, master, tls } => tokio::runtime::Runtime::new()
+            .map_err(anyhow::Error::from)
+            .and_then(|runtime| {
+                runtime.block_on(mcs_operator::dev::run(mcs_operator::dev::DevOptions {
+                    dir,
+                    master,
+                    tls,
+                }))
+            }),
         Command::Run {
             namespace,
             concurrency,
+            progress_interval_ms,
             log_format,
         } => {
             init_logging(log_format);
@@ -136,7 +171,11 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            return match runtime.block_on(run_operator(namespace, concurrency)) {
+            return match runtime.block_on(run_operator(
+                namespace,
+                concurrency,
+                progress_interval_ms,
+            )) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "mcs-operator stopped");
@@ -148,7 +187,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("mcs-operator: {error}");
+            eprintln!("mcs-operator: {error:#}");
             ExitCode::FAILURE
         }
     }
