@@ -9,6 +9,8 @@
 
 #[path = "../tests/schemes_env/mod.rs"]
 mod schemes_env;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};

@@ -4,8 +4,9 @@
 //!
 //! Needs `qemu-img` and `qemu-io` (Debian: `qemu-utils`).
 
+mod support;
+
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,10 +27,11 @@ use mcs_operator::controller::{
     Context, OperatorConfig, connection, hosting_unit, image_definition, image_version,
     image_version_spec,
 };
-use mcs_testapi::{TestApiConfig, TestApiServer};
+use mcs_testapi::TestApiServer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use support::run;
 
 const NS: &str = "default";
 const MASTER: &str = r"XDHyp:\HostingUnits\lab\win11.vm\base.snapshot";
@@ -51,20 +53,6 @@ impl Drop for Env {
     fn drop(&mut self) {
         self.stop();
     }
-}
-
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?}: {text}");
-    text
 }
 
 /// Checks that the first MiB of `image` holds the pattern 0xab (the master's snapshot).
@@ -97,21 +85,7 @@ fn config(max_tasks: usize) -> OperatorConfig {
 
 impl Env {
     async fn start() -> Env {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .try_init();
-        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        let server = TestApiServer::start(TestApiConfig {
-            crd_dir: Some(crds),
-            ..Default::default()
-        })
-        .await
-        .expect("test API server starts");
-        let client = server.client().await.expect("client");
+        let (server, client) = crate::support::start_server().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let images = dir.path().join("images");
         let fast = dir.path().join("fast");

@@ -11,6 +11,8 @@
 //! `--namespace`), because the `Local` backend must see the test's temporary storage
 //! directory. Tests that need the fault knobs of the test server are skipped then.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -24,6 +26,7 @@ use mcs_operator::api::{ImageVersionSpec, ProvScheme, ProvVm, TaskState, UpdateS
 use mcs_testapi::{TestApiConfig, TestApiServer};
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use support::run;
 
 /// The variable that points the suite at a real cluster.
 const CLUSTER_VAR: &str = "MCS_E2E_KUBECONFIG";
@@ -32,21 +35,6 @@ const TIMEOUT: Duration = Duration::from_secs(60);
 const PREPARED: &str = "win11-2026-11-prepared";
 const SCHEME: &str = "win11-desktops";
 const MACHINES: [&str; 3] = ["vdi-001", "vdi-002", "vdi-003"];
-
-/// Runs a program and returns what it printed; panics with its output when it fails.
-fn run(program: &str, args: &[&str]) -> String {
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{program} runs (apt-get install qemu-utils): {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{program} {args:?}: {text}");
-    text
-}
 
 /// One test's world: an API server (or a real cluster's namespace), the storage roots and the
 /// operator process.

@@ -5,6 +5,7 @@
 //! Needs `qemu-img` (Debian: `qemu-utils`).
 
 mod schemes_env;
+mod support;
 
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::ResourceExt;

@@ -5,7 +5,7 @@
 
 #![allow(dead_code)]
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -15,7 +15,7 @@ use kube::{Client, Resource, ResourceExt};
 use mcs_backend::{LocalBackend, MasterRef, Operation, Output, PrepareRequest};
 use mcs_operator::api::{HostingUnit, HypervisorConnection, ImageVersionSpec};
 use mcs_operator::controller::{Context, OperatorConfig, backends, prov_scheme, prov_vm};
-use mcs_testapi::{TestApiConfig, TestApiServer};
+use mcs_testapi::TestApiServer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
@@ -91,21 +91,7 @@ impl Env {
     }
 
     async fn start_inner(config: OperatorConfig, full: bool) -> Env {
-        let _ = tracing_subscriber::fmt()
-            .with_test_writer()
-            .with_env_filter(
-                tracing_subscriber::EnvFilter::try_from_default_env()
-                    .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-            )
-            .try_init();
-        let crds = Path::new(env!("CARGO_MANIFEST_DIR")).join("crds");
-        let server = TestApiServer::start(TestApiConfig {
-            crd_dir: Some(crds),
-            ..Default::default()
-        })
-        .await
-        .expect("test API server starts");
-        let client = server.client().await.expect("client");
+        let (server, client) = crate::support::start_server().await;
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("images");
         std::fs::create_dir_all(&root).expect("root");
