@@ -16,13 +16,12 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use mcs_domain::Reason;
 
 use super::conditions::{DesiredCondition, merge};
 use super::image_version::{ANNOTATION_LAST_VERSION, Counter};
 use super::image_version_spec::{schemes_and_machines, users_of_specs};
 use super::status::{apply_status, field_manager};
-use super::tasks::publish;
+use super::tasks::{publish, report_blocked_deletion};
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     HypervisorConnection, ImageDefinition, ImageDefinitionSpec, ImageDefinitionStatus,
@@ -261,40 +260,20 @@ async fn cleanup(
         users,
     };
     let current = definition.status.clone().unwrap_or_default();
-    let conditions = merge(
-        &current.conditions,
-        &[DesiredCondition::false_(
-            condition_type::READY,
-            error.reason(),
-            error.to_string(),
-        )],
-        definition.metadata.generation,
-        Timestamp::now(),
-    );
-    if conditions != current.conditions {
+    let object: &_ = definition.as_ref();
+    report_blocked_deletion(context, object, &current.conditions, &error, |conditions| {
         let status = ImageDefinitionStatus {
             conditions,
-            observed_generation: definition.metadata.generation,
-            ..current
+            observed_generation: object.metadata.generation,
+            ..current.clone()
         };
         let api = context.api::<ImageDefinition>(&namespace);
-        apply_status(
-            &api,
-            definition.as_ref(),
-            &field_manager(CONTROLLER),
-            &status,
-        )
-        .await?;
-        publish(
-            context,
-            definition.as_ref(),
-            EventType::Warning,
-            error.reason(),
-            "Delete",
-            error.to_string(),
-        )
-        .await;
-    }
+        async move {
+            apply_status(&api, object, &field_manager(CONTROLLER), &status).await?;
+            Ok(())
+        }
+    })
+    .await?;
     Err(error)
 }
 

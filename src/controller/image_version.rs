@@ -25,12 +25,11 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
-use mcs_domain::Reason;
 
 use super::conditions::{DesiredCondition, merge};
 use super::image_version_spec::{schemes_and_machines, schemes_using, users_of_specs};
 use super::status::{apply_status, field_manager};
-use super::tasks::publish;
+use super::tasks::{publish, report_blocked_deletion};
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     ImageDefinition, ImageStatus, ImageVersion, ImageVersionSpec, ImageVersionStatus,
@@ -373,34 +372,20 @@ async fn cleanup(version: Arc<ImageVersion>, context: &Context) -> Result<Action
         users,
     };
     let current = version.status.clone().unwrap_or_default();
-    let conditions = merge(
-        &current.conditions,
-        &[DesiredCondition::false_(
-            condition_type::READY,
-            error.reason(),
-            error.to_string(),
-        )],
-        version.metadata.generation,
-        Timestamp::now(),
-    );
-    if conditions != current.conditions {
+    let object: &_ = version.as_ref();
+    report_blocked_deletion(context, object, &current.conditions, &error, |conditions| {
         let status = ImageVersionStatus {
             conditions,
-            observed_generation: version.metadata.generation,
-            ..current
+            observed_generation: object.metadata.generation,
+            ..current.clone()
         };
         let api = context.api::<ImageVersion>(&namespace);
-        apply_status(&api, version.as_ref(), &field_manager(CONTROLLER), &status).await?;
-        publish(
-            context,
-            version.as_ref(),
-            EventType::Warning,
-            error.reason(),
-            "Delete",
-            error.to_string(),
-        )
-        .await;
-    }
+        async move {
+            apply_status(&api, object, &field_manager(CONTROLLER), &status).await?;
+            Ok(())
+        }
+    })
+    .await?;
     Err(error)
 }
 

@@ -30,7 +30,6 @@ use mcs_backend::{
     Backend, BackendError, DeletePreparedRequest, MasterRef, MeasureRequest, Operation, Output,
     PrepareRequest, PreparedImage,
 };
-use mcs_domain::Reason;
 use mcs_domain::inventory_path::{InventoryPath, PathError};
 use mcs_domain::rules::{
     HostingUnitFacts, ImageDefinitionFacts, PreparedSpecFacts, check_master_hosting_unit,
@@ -42,7 +41,7 @@ use super::conditions::{DesiredCondition, merge};
 use super::status::{apply_status, field_manager};
 use super::tasks::{
     TaskAction, TaskAnnotations, decide_task_action, follow_snapshot, publish, remove_annotations,
-    run_once,
+    report_blocked_deletion, run_once,
 };
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
@@ -1107,7 +1106,16 @@ async fn cleanup(
             object: format!("image version spec '{name}'"),
             users,
         };
-        block_deletion(context, spec.as_ref(), &current, &error).await?;
+        let object: &_ = spec.as_ref();
+        report_blocked_deletion(context, object, &current.conditions, &error, |conditions| {
+            let status = ImageVersionSpecStatus {
+                conditions,
+                observed_generation: object.metadata.generation,
+                ..current.clone()
+            };
+            async move { write(context, object, &status).await }
+        })
+        .await?;
         return Err(error);
     }
     if spec.spec.prepared.is_some() {
@@ -1144,45 +1152,6 @@ async fn cleanup(
         }
     }
     Ok(Action::await_change())
-}
-
-/// Reports that deletion waits: `Ready=False` with reason `InUse` naming the users, and an
-/// Event when this is news.
-async fn block_deletion(
-    context: &Context,
-    spec: &ImageVersionSpec,
-    current: &ImageVersionSpecStatus,
-    error: &ControllerError,
-) -> Result<(), ControllerError> {
-    let message = error.to_string();
-    let conditions = merge(
-        &current.conditions,
-        &[DesiredCondition::false_(
-            condition_type::READY,
-            error.reason(),
-            &message,
-        )],
-        spec.metadata.generation,
-        Timestamp::now(),
-    );
-    if conditions != current.conditions {
-        let status = ImageVersionSpecStatus {
-            conditions,
-            observed_generation: spec.metadata.generation,
-            ..current.clone()
-        };
-        write(context, spec, &status).await?;
-        publish(
-            context,
-            spec,
-            EventType::Warning,
-            error.reason(),
-            "Delete",
-            message,
-        )
-        .await;
-    }
-    Ok(())
 }
 
 fn error_policy(

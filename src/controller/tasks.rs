@@ -29,12 +29,14 @@ use jiff::Timestamp;
 use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 use mcs_backend::{Backend, BackendError, Operation, OperationId, Output};
+use mcs_domain::Reason;
 use mcs_domain::task::{TaskError, TaskState, TaskStatus};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::Context;
-use crate::api::{ANNOTATION_CANCEL, ANNOTATION_RETRY};
+use super::conditions::{DesiredCondition, merge};
+use super::{Context, ControllerError};
+use crate::api::{ANNOTATION_CANCEL, ANNOTATION_RETRY, Condition, condition_type};
 
 /// The operation a task reports while it waits for a free slot of the concurrency limit.
 pub const WAITING_FOR_SLOT: &str = "WaitingForTaskSlot";
@@ -445,6 +447,47 @@ pub async fn publish<K>(
     if let Err(error) = context.recorder.publish(&event, &obj.object_ref(&())).await {
         tracing::debug!(%error, reason, "event not published");
     }
+}
+
+/// Reports a deletion that waits for the objects still using `obj`: `Ready=False` with the
+/// error's reason and message, and a Warning Event, both only when the condition changes.
+/// `write_status` gets the merged conditions and writes the kind's status with them.
+pub async fn report_blocked_deletion<K, W, Fut>(
+    context: &Context,
+    obj: &K,
+    current: &[Condition],
+    error: &ControllerError,
+    write_status: W,
+) -> Result<(), ControllerError>
+where
+    K: Resource<DynamicType = ()>,
+    W: FnOnce(Vec<Condition>) -> Fut,
+    Fut: std::future::Future<Output = Result<(), ControllerError>>,
+{
+    let message = error.to_string();
+    let conditions = merge(
+        current,
+        &[DesiredCondition::false_(
+            condition_type::READY,
+            error.reason(),
+            &message,
+        )],
+        obj.meta().generation,
+        Timestamp::now(),
+    );
+    if conditions != current {
+        write_status(conditions).await?;
+        publish(
+            context,
+            obj,
+            EventType::Warning,
+            error.reason(),
+            "Delete",
+            message,
+        )
+        .await;
+    }
+    Ok(())
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.
