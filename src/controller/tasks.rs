@@ -34,7 +34,7 @@ use mcs_domain::task::{TaskError, TaskState, TaskStatus};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::conditions::{DesiredCondition, merge};
+use super::conditions::{DesiredCondition, merge, truncate};
 use super::{Context, ControllerError};
 use crate::api::{ANNOTATION_CANCEL, ANNOTATION_RETRY, Condition, condition_type};
 
@@ -488,18 +488,6 @@ where
         .await;
     }
     Ok(())
-}
-
-/// Cuts `text` to at most `max` bytes on a character boundary.
-fn truncate(text: &str, max: usize) -> String {
-    if text.len() <= max {
-        return text.to_string();
-    }
-    let mut end = max;
-    while !text.is_char_boundary(end) {
-        end -= 1;
-    }
-    text[..end].to_string()
 }
 
 /// Removes `keys` from the annotations of `name` (a JSON merge patch of metadata only).
