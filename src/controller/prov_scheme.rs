@@ -33,9 +33,9 @@ use mcs_domain::task::{TaskState, TaskStatus, TaskType};
 use serde_json::json;
 
 use super::conditions::{DesiredCondition, merge};
-use super::scheme_versions;
 use super::status::{apply_status, field_manager};
 use super::{Context, ControllerError, watcher_config};
+use super::{scheme_versions, tasks};
 use crate::api::{
     ANNOTATION_RETRY, HostingUnit, IdentityPool, ImageDefinition, ImageHistoryEntry, ImageStatus,
     ImageVersion, ImageVersionSpec, LABEL_PROVSCHEME, PowerState, ProvScheme, ProvSchemeSpec,
@@ -401,16 +401,6 @@ async fn references(
         image,
         definition,
     })
-}
-
-async fn publish(context: &Context, scheme: &ProvScheme, event: Event) {
-    if let Err(error) = context
-        .recorder
-        .publish(&event, &scheme.object_ref(&()))
-        .await
-    {
-        tracing::warn!(controller = CONTROLLER, %error, "could not publish event");
-    }
 }
 
 fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
@@ -949,7 +939,16 @@ async fn reconcile(
     }
     for e in events {
         tracing::info!(scheme = %name, reason = %e.reason, note = ?e.note, "event");
-        publish(&context, &scheme, e).await;
+        let note = e.note.unwrap_or_default();
+        tasks::publish(
+            &context,
+            scheme.as_ref(),
+            e.type_,
+            &e.reason,
+            &e.action,
+            note,
+        )
+        .await;
     }
     if let Verdict::Wait(_) = verdict {
         return Ok(Action::requeue(Duration::from_secs(5)));
