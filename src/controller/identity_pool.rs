@@ -6,15 +6,16 @@ use std::sync::Arc;
 
 use futures::StreamExt;
 use jiff::Timestamp;
+use kube::ResourceExt;
 use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
-use kube::{Resource, ResourceExt};
 use mcs_domain::Reason;
 use mcs_domain::naming::{NamingError, NamingScheme};
 
 use super::conditions::{DesiredCondition, merge};
 use super::status::{apply_status, field_manager};
+use super::tasks::publish;
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     IdentityPool, IdentityPoolSpec, IdentityPoolStatus, ProvScheme, ProvVm, condition_type,
@@ -129,17 +130,16 @@ async fn reconcile(
     let api = context.api::<IdentityPool>(&namespace);
     apply_status(&api, &pool, &field_manager(CONTROLLER), &status).await?;
     if let Some(error) = problem {
-        let event = Event {
-            type_: EventType::Warning,
-            reason: error.reason().into(),
-            note: Some(format!("spec.namingScheme: {error}")),
-            action: "Validate".into(),
-            secondary: None,
-        };
-        context
-            .recorder
-            .publish(&event, &pool.object_ref(&()))
-            .await?;
+        let note = format!("spec.namingScheme: {error}");
+        publish(
+            &context,
+            pool.as_ref(),
+            EventType::Warning,
+            error.reason(),
+            "Validate",
+            note,
+        )
+        .await;
     }
     Ok(Action::requeue(context.config.resync))
 }
