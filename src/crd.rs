@@ -15,7 +15,7 @@ pub enum CrdError {
         /// The CRD's name.
         name: String,
         /// The serializer's error.
-        source: serde_yaml::Error,
+        source: serde_json::Error,
     },
     /// A file could not be written.
     #[error("cannot write {path}: {source}")]
@@ -27,9 +27,10 @@ pub enum CrdError {
     },
 }
 
-/// One CRD as a YAML document (without the leading `---`).
+/// One CRD as a YAML document (without the leading `---`), written by [`crate::yaml`] so that
+/// YAML 1.1 readers (kubectl, Helm, Argo CD) read the same strings as YAML 1.2 ones.
 pub fn render(crd: &CustomResourceDefinition) -> Result<String, CrdError> {
-    serde_yaml::to_string(crd).map_err(|source| CrdError::Render {
+    crate::yaml::to_string_of(crd).map_err(|source| CrdError::Render {
         name: crd.metadata.name.clone().unwrap_or_default(),
         source,
     })

@@ -532,7 +532,9 @@ async fn machines_update_on_start_inside_the_window_only() {
         .patch(
             "vdi-001",
             &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"overrides": {"vmMemoryMB": 768}, "powerState": "On"}})),
+            &Patch::Merge(
+                &json!({"spec": {"overrides": {"vmMemoryMB": 768}, "powerState": "Running"}}),
+            ),
         )
         .await
         .expect("started");
@@ -567,7 +569,7 @@ async fn machines_update_on_start_inside_the_window_only() {
         .patch(
             "vdi-002",
             &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"powerState": "On"}})),
+            &Patch::Merge(&json!({"spec": {"powerState": "Running"}})),
         )
         .await
         .expect("started");
@@ -726,7 +728,7 @@ async fn write_back_cache_and_clean_on_boot_machines() {
         .patch(
             "vdi-001",
             &PatchParams::default(),
-            &Patch::Merge(&json!({"spec": {"powerState": "On"}})),
+            &Patch::Merge(&json!({"spec": {"powerState": "Running"}})),
         )
         .await
         .expect("started");

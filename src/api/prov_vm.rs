@@ -5,8 +5,8 @@ use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, TaskStatus, conditions_schema, named_list_schema};
 
-/// One machine, created and owned by its ProvScheme. Users set `powerState` and the per-machine
-/// overrides; the rest is the operator's.
+/// One machine, created and owned by its ProvScheme. Users set `powerState` (`Running` or
+/// `Stopped`) and the per-machine overrides; the rest is the operator's.
 #[derive(CustomResource, KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[kube(
     group = "mcs.imaging.dev",
@@ -48,19 +48,43 @@ pub struct ProvVmSpec {
     #[schemars(range(min = 0))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.machineIndex is immutable"))]
     pub machine_index: i64,
-    /// Desired power state; a transition to `On` is a start (and, inside the update window, an update).
-    #[serde(default = "default_power_state")]
-    pub power_state: PowerState,
+    /// Desired power state: `Running` or `Stopped` (the SDK's `On`/`Off`, which YAML 1.1 readers
+    /// such as kubectl take for booleans); a transition to `Running` is a start (and, inside the
+    /// update window, an update).
+    #[serde(default)]
+    pub power_state: DesiredPowerState,
     /// Per-machine settings that win over the scheme's (`Set-ProvVM`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub overrides: Option<MachineOverrides>,
 }
 
-fn default_power_state() -> PowerState {
-    PowerState::Off
+/// The power state a user asks for (`spec.powerState`). Unlike [`PowerState`] its values are no
+/// YAML 1.1 booleans, so `powerState: Running` stays a string for kubectl, Helm and Argo CD.
+/// Objects stored with the SDK's `On`/`Off` still read (as `Running`/`Stopped`).
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+pub enum DesiredPowerState {
+    /// Started (the SDK's `On`).
+    #[serde(alias = "On")]
+    Running,
+    /// Shut down (the SDK's `Off`); the default.
+    #[default]
+    #[serde(alias = "Off")]
+    Stopped,
 }
 
-/// A machine's power state.
+impl From<DesiredPowerState> for PowerState {
+    fn from(desired: DesiredPowerState) -> Self {
+        match desired {
+            DesiredPowerState::Running => PowerState::On,
+            DesiredPowerState::Stopped => PowerState::Off,
+        }
+    }
+}
+
+/// A machine's actual power state as the SDK reports it (`status.powerState`, written by the
+/// operator).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum PowerState {
     /// Running.

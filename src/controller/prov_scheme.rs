@@ -37,9 +37,10 @@ use super::status::{apply_status, field_manager};
 use super::{Context, ControllerError, watcher_config};
 use super::{scheme_versions, tasks};
 use crate::api::{
-    ANNOTATION_RETRY, HostingUnit, IdentityPool, ImageDefinition, ImageHistoryEntry, ImageStatus,
-    ImageVersion, ImageVersionSpec, LABEL_PROVSCHEME, PowerState, ProvScheme, ProvSchemeSpec,
-    ProvSchemeStatus, ProvVm, ProvVmSpec, SessionSupport, SpecKind, UpdateStatus, condition_type,
+    ANNOTATION_RETRY, DesiredPowerState, HostingUnit, IdentityPool, ImageDefinition,
+    ImageHistoryEntry, ImageStatus, ImageVersion, ImageVersionSpec, LABEL_PROVSCHEME, ProvScheme,
+    ProvSchemeSpec, ProvSchemeStatus, ProvVm, ProvVmSpec, SessionSupport, SpecKind, UpdateStatus,
+    condition_type,
 };
 
 const CONTROLLER: &str = "provscheme";
@@ -994,7 +995,7 @@ fn new_machine(
             prov_scheme_ref: scheme.name_any(),
             machine_name,
             machine_index: i64::try_from(index).unwrap_or(i64::MAX),
-            power_state: PowerState::Off,
+            power_state: DesiredPowerState::Stopped,
             overrides: None,
         },
     );

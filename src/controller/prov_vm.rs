@@ -40,9 +40,10 @@ use super::status::{apply_status, field_manager};
 use super::tasks::{self, TaskAnnotations};
 use super::{Context, ControllerError, update_window, watcher_config};
 use crate::api::{
-    DeletionPolicy, HostingUnit, HypervisorConnection, IdentityPool, ImageVersionSpec,
-    LABEL_PROVSCHEME, MachineDisk, MachineOverrides, PowerState, PreparedImageSpec, ProvScheme,
-    ProvSchemeSpec, ProvVm, ProvVmStatus, ServiceOffering, UpdateStatus, condition_type,
+    DeletionPolicy, DesiredPowerState, HostingUnit, HypervisorConnection, IdentityPool,
+    ImageVersionSpec, LABEL_PROVSCHEME, MachineDisk, MachineOverrides, PowerState,
+    PreparedImageSpec, ProvScheme, ProvSchemeSpec, ProvVm, ProvVmStatus, ServiceOffering,
+    UpdateStatus, condition_type,
 };
 
 const CONTROLLER: &str = "provvm";
@@ -195,8 +196,9 @@ pub enum StartAction {
     PowerOn,
 }
 
-/// Decides what a start (`powerState: On` transition) does: rebuild when an update is pending
-/// and the update window is open, else reset clean-on-boot machines, else just power on.
+/// Decides what a start (`spec.powerState` `Stopped -> Running` transition) does: rebuild when an
+/// update is pending and the update window is open, else reset clean-on-boot machines, else just
+/// power on.
 pub fn start_action(pending: bool, window_open: bool, clean_on_boot: bool) -> StartAction {
     if pending && window_open {
         StartAction::Update
@@ -671,7 +673,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                         status.disks = disks(&info, &storage, &roots);
                         status.provisioning_scheme_version = Some(version);
                         status.image_version_spec = Some(image);
-                        status.power_state = Some(machine.spec.power_state);
+                        status.power_state = Some(machine.spec.power_state.into());
                         tasks::publish(
                             &ctx.base,
                             machine.as_ref(),
@@ -756,7 +758,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                 consumed.push(crate::api::ANNOTATION_RETRY);
             }
         }
-    } else if machine.spec.power_state == PowerState::On
+    } else if machine.spec.power_state == DesiredPowerState::Running
         && status.power_state != Some(PowerState::On)
     {
         let pending = status.provisioning_scheme_version != Some(current);
@@ -831,7 +833,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                 urgent = true;
             }
         }
-    } else if machine.spec.power_state == PowerState::Off
+    } else if machine.spec.power_state == DesiredPowerState::Stopped
         && status.power_state == Some(PowerState::On)
     {
         status.power_state = Some(PowerState::Off);
