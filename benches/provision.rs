@@ -1,5 +1,6 @@
 //! Provisions 500 machines for one scheme on the Local backend (real qcow2 overlays and
-//! identity disks, 16 MiB image) against the test API server and prints the time it took and
+//! identity disks, 16 MiB image) against the tests' API server (the test server, or a real
+//! one: see `tests/support/cluster.rs`) and prints the time it took and
 //! the operator's API requests per machine. Prints figures; asserts nothing about time.
 //!
 //! ```sh
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use mcs_operator::api::ProvScheme;
 use mcs_operator::controller::OperatorConfig;
-use schemes_env::{Env, NS};
+use schemes_env::Env;
 use serde_json::json;
 
 fn main() -> anyhow::Result<()> {
@@ -37,15 +38,12 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn bench(machines: i32) -> anyhow::Result<()> {
-    let config = OperatorConfig {
-        namespace: Some(NS.into()),
-        ..OperatorConfig::default()
-    };
+    let config = OperatorConfig::default();
     println!(
         "provision: {machines} machines, one scheme, Local backend; operator settings: concurrency {}, max concurrent tasks {}, progress interval {:?}",
         config.concurrency, config.max_concurrent_tasks, config.progress_interval
     );
-    let env = Env::start_with(config).await;
+    let env = Env::start_with("bench", config).await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.scheme("bench", json!({"initialBatchSizeHint": 100}))
         .await;
@@ -56,7 +54,10 @@ async fn bench(machines: i32) -> anyhow::Result<()> {
             == Some(1)
     })
     .await?;
-    let before = env.server.faults().requests().len();
+    let before = env
+        .cluster
+        .test_server()
+        .map_or(0, |s| s.faults().requests().len());
     let started = Instant::now();
     env.patch_spec("bench", json!({"machineCount": machines}))
         .await;
@@ -78,7 +79,16 @@ async fn bench(machines: i32) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let elapsed = started.elapsed();
-    let requests = env.server.faults().requests();
+    println!(
+        "provision: {machines} machines ready in {:.1}s ({:.1} machines/s)",
+        elapsed.as_secs_f64(),
+        f64::from(machines) / elapsed.as_secs_f64()
+    );
+    let Some(server) = env.cluster.test_server() else {
+        println!("provision: API requests are counted only on the test API server");
+        return Ok(());
+    };
+    let requests = server.faults().requests();
     let ours = &requests[before.min(requests.len())..];
     // The benchmark's own polling (GET provschemes/bench every 200 ms) is not the operator's.
     let polling = ours
@@ -93,11 +103,6 @@ async fn bench(machines: i32) -> anyhow::Result<()> {
     }
     let operator = ours.len() - polling;
     let n = f64::from(machines);
-    println!(
-        "provision: {machines} machines ready in {:.1}s ({:.1} machines/s)",
-        elapsed.as_secs_f64(),
-        n / elapsed.as_secs_f64()
-    );
     println!(
         "provision: {operator} operator API requests = {:.2} per machine (watch streams count once; {polling} benchmark polls excluded)",
         operator as f64 / n

@@ -18,7 +18,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail};
-use kube::api::{Api, DynamicObject, ListParams, Patch, PatchParams};
+use kube::api::{Api, DynamicObject, ListParams, Patch};
 use kube::core::ApiResource;
 use kube::{Client, Resource};
 use mcs_testapi::{TestApiConfig, TestApiServer};
@@ -150,7 +150,7 @@ pub async fn apply_objects(
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, resource);
         api.patch(
             name,
-            &PatchParams::apply(manager).force(),
+            &crate::controller::strict::apply(manager),
             &Patch::Apply(object),
         )
         .await

@@ -3,6 +3,9 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+mod support;
 
 use mcs_operator::api::all_crds;
 use mcs_operator::crd::{file_name, render};
@@ -26,21 +29,109 @@ fn schemas() -> BTreeMap<String, CrdSchema> {
         .collect()
 }
 
-/// Runs the write pipeline of an API server on `object`: defaults, pruning, validation.
-fn admit(
-    schemas: &BTreeMap<String, CrdSchema>,
-    object: &Value,
-    old: Option<&Value>,
-) -> Result<Value, Vec<FieldError>> {
-    let kind = object["kind"].as_str().expect("object has a kind");
-    let schema = schemas
-        .get(kind)
-        .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
-    let mut object = object.clone();
-    schema.apply_defaults(&mut object);
-    schema.prune(&mut object);
-    schema.validate(&object, old)?;
-    Ok(object)
+/// Something that admits objects as an API server's write pipeline does (defaults, pruning,
+/// validation): the project's own schema checker, or a real API server through `kubectl`.
+trait Admission {
+    /// The stored form of `object` (written over `old` when given), or the error text.
+    fn admit(&self, object: &Value, old: Option<&Value>) -> Result<Value, String>;
+}
+
+/// The project's own checker: every CRD's schema for `v1alpha1`, by kind.
+impl Admission for BTreeMap<String, CrdSchema> {
+    fn admit(&self, object: &Value, old: Option<&Value>) -> Result<Value, String> {
+        let kind = object["kind"].as_str().expect("object has a kind");
+        let schema = self
+            .get(kind)
+            .unwrap_or_else(|| panic!("no CRD for kind {kind}"));
+        let mut object = object.clone();
+        schema.apply_defaults(&mut object);
+        schema.prune(&mut object);
+        schema
+            .validate(&object, old)
+            .map_err(|errors| messages(&errors))?;
+        Ok(object)
+    }
+}
+
+/// An API server reached with the real `kubectl`, as a user reaches it: `kubectl apply
+/// --dry-run=server` of the object, after storing `old` for real when given (so
+/// the transition rules see it) and deleting it afterwards.
+struct KubectlAdmission {
+    kubectl: PathBuf,
+    kubeconfig: PathBuf,
+    namespace: String,
+    /// `--validate=strict` (the default) on a real server; the test server serves no OpenAPI.
+    validate: bool,
+}
+
+impl KubectlAdmission {
+    fn kubectl(&self, args: &[&str], stdin: Option<&Value>) -> Result<String, String> {
+        use std::io::Write as _;
+        let validate = if self.validate { "strict" } else { "false" };
+        let mut command = Command::new(&self.kubectl);
+        command.args(["-n", &self.namespace]).args(args);
+        if args.first() == Some(&"apply") {
+            command.arg(format!("--validate={validate}"));
+        }
+        let mut child = command
+            .env("KUBECONFIG", &self.kubeconfig)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("kubectl runs");
+        let input = stdin.map(|v| v.to_string()).unwrap_or_default();
+        child
+            .stdin
+            .take()
+            .expect("stdin")
+            .write_all(input.as_bytes())
+            .expect("kubectl reads");
+        let out = child.wait_with_output().expect("kubectl finishes");
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        }
+    }
+}
+
+/// `object` as a user would write it: no server-set metadata, no status, no namespace.
+fn as_manifest(object: &Value) -> Value {
+    let mut copy = object.clone();
+    if let Some(map) = copy.as_object_mut() {
+        map.remove("status");
+    }
+    if let Some(meta) = copy["metadata"].as_object_mut() {
+        meta.retain(|k, _| matches!(k.as_str(), "name" | "labels" | "annotations"));
+    }
+    copy
+}
+
+impl Admission for KubectlAdmission {
+    fn admit(&self, object: &Value, old: Option<&Value>) -> Result<Value, String> {
+        let apply = ["apply", "-o", "json", "-f", "-"];
+        if let Some(old) = old {
+            self.kubectl(&apply, Some(&as_manifest(old)))
+                .unwrap_or_else(|e| panic!("the old object is stored: {e}"));
+        }
+        let mut dry_run = apply.to_vec();
+        dry_run.push("--dry-run=server");
+        let result = self.kubectl(&dry_run, Some(&as_manifest(object)));
+        if let Some(old) = old {
+            self.kubectl(
+                &["delete", "--wait=true", "-f", "-"],
+                Some(&as_manifest(old)),
+            )
+            .unwrap_or_else(|e| panic!("the old object is deleted: {e}"));
+        }
+        result.map(|out| serde_json::from_str(&out).expect("kubectl prints JSON"))
+    }
+}
+
+/// Admits `object` (over `old`), as the checker does.
+fn admit(checker: &dyn Admission, object: &Value, old: Option<&Value>) -> Result<Value, String> {
+    checker.admit(object, old)
 }
 
 fn messages(errors: &[FieldError]) -> String {
@@ -52,18 +143,12 @@ fn messages(errors: &[FieldError]) -> String {
 }
 
 /// Asserts that `object` is rejected with an error whose text contains `expected`.
-fn assert_rejected(
-    schemas: &BTreeMap<String, CrdSchema>,
-    object: &Value,
-    old: Option<&Value>,
-    expected: &str,
-) {
-    match admit(schemas, object, old) {
+fn assert_rejected(checker: &dyn Admission, object: &Value, old: Option<&Value>, expected: &str) {
+    match admit(checker, object, old) {
         Ok(_) => panic!(
             "expected rejection containing {expected:?}, but the object was accepted:\n{object:#}"
         ),
-        Err(errors) => {
-            let text = messages(&errors);
+        Err(text) => {
             assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
         }
     }
@@ -217,8 +302,8 @@ fn every_example_is_accepted_and_cel_rules_are_evaluated() {
     );
     for (file, object) in &examples {
         let kind = object["kind"].as_str().expect("kind");
-        let admitted = admit(&schemas, object, None)
-            .unwrap_or_else(|e| panic!("{file} rejected:\n{}", messages(&e)));
+        let admitted =
+            admit(&schemas, object, None).unwrap_or_else(|e| panic!("{file} rejected:\n{e}"));
         let mut defaulted = object.clone();
         schemas[kind].apply_defaults(&mut defaulted);
         assert_eq!(
@@ -235,7 +320,10 @@ fn every_example_is_accepted_and_cel_rules_are_evaluated() {
 
 #[test]
 fn defaults_are_applied() {
-    let schemas = schemas();
+    defaults(&schemas());
+}
+
+fn defaults(schemas: &dyn Admission) {
     let scheme = &example_of("ProvScheme");
     let mut minimal = scheme.clone();
     let spec = minimal["spec"].as_object_mut().expect("spec");
@@ -247,7 +335,7 @@ fn defaults_are_applied() {
     ] {
         spec.remove(field);
     }
-    let admitted = admit(&schemas, &minimal, None).expect("accepted");
+    let admitted = admit(schemas, &minimal, None).expect("accepted");
     assert_eq!(admitted["spec"]["maxVersions"], json!(99));
     assert_eq!(admitted["spec"]["machineCount"], json!(0));
     assert_eq!(admitted["spec"]["useWriteBackCache"], json!(false));
@@ -279,9 +367,12 @@ fn without(object: &Value, pointer: &str) -> Value {
 
 #[test]
 fn provscheme_rules_reject_with_their_messages() {
-    let schemas = schemas();
+    provscheme_rules(&schemas());
+}
+
+fn provscheme_rules(schemas: &dyn Admission) {
     let scheme = example_of("ProvScheme");
-    let admitted = admit(&schemas, &scheme, None).expect("example accepted");
+    let admitted = admit(schemas, &scheme, None).expect("example accepted");
 
     let offering = with(
         &scheme,
@@ -289,65 +380,65 @@ fn provscheme_rules_reject_with_their_messages() {
         json!(r"XDHyp:\HostingUnits\lab\small.serviceoffering"),
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &offering,
         None,
         "spec.vmCpuCount and spec.vmMemoryMB cannot be used with spec.serviceOffering",
     );
     let offering_only = without(&without(&offering, "/spec/vmCpuCount"), "/spec/vmMemoryMB");
-    admit(&schemas, &offering_only, None).expect("a service offering alone is fine");
+    admit(schemas, &offering_only, None).expect("a service offering alone is fine");
 
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/networkMapping", json!({})),
         None,
         "spec.networkMapping must not be empty",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/networkMapping", json!({"0": ""})),
         None,
         "spec.networkMapping values must be network paths",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &without(&scheme, "/spec/networkMapping"),
         None,
         "spec.networkMapping: Required value",
     );
 
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/maxVersions", json!(0)),
         None,
         "spec.maxVersions",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/maxVersions", json!(32001)),
         None,
         "spec.maxVersions",
     );
     admit(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/maxVersions", json!(32000)),
         None,
     )
     .expect("32000 is the maximum");
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/vmCpuCount", json!(0)),
         None,
         "spec.vmCpuCount",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/vmMemoryMB", json!(0)),
         None,
         "spec.vmMemoryMB",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&scheme, "/spec/machineCount", json!(-1)),
         None,
         "spec.machineCount",
@@ -355,16 +446,16 @@ fn provscheme_rules_reject_with_their_messages() {
 
     let cache_size = with(&scheme, "/spec/writeBackCacheDiskSizeGB", json!(24));
     assert_rejected(
-        &schemas,
+        schemas,
         &cache_size,
         None,
         "can only be set when the scheme was created with spec.useWriteBackCache",
     );
     let with_cache = with(&cache_size, "/spec/useWriteBackCache", json!(true));
-    let cached = admit(&schemas, &with_cache, None).expect("sizes with useWriteBackCache are fine");
+    let cached = admit(schemas, &with_cache, None).expect("sizes with useWriteBackCache are fine");
     let cache_off = with(&cached, "/spec/useWriteBackCache", json!(false));
     assert_rejected(
-        &schemas,
+        schemas,
         &without(&cache_off, "/spec/writeBackCacheDiskSizeGB"),
         Some(&cached),
         "spec.useWriteBackCache is immutable",
@@ -373,15 +464,14 @@ fn provscheme_rules_reject_with_their_messages() {
     let profile = r"XDHyp:\HostingUnits\lab\profile.vm";
     let added = with(&admitted, "/spec/machineProfile", json!(profile));
     assert_rejected(
-        &schemas,
+        schemas,
         &added,
         Some(&admitted),
         "MachineProfileUpdateNotSupported",
     );
-    let created_with_profile =
-        admit(&schemas, &added, None).expect("a profile at creation is fine");
+    let created_with_profile = admit(schemas, &added, None).expect("a profile at creation is fine");
     assert_rejected(
-        &schemas,
+        schemas,
         &admitted,
         Some(&created_with_profile),
         "MachineProfileUpdateNotSupported",
@@ -391,26 +481,29 @@ fn provscheme_rules_reject_with_their_messages() {
         "/spec/machineProfile",
         json!(r"XDHyp:\HostingUnits\lab\profile2.vm"),
     );
-    admit(&schemas, &changed_profile, Some(&created_with_profile))
+    admit(schemas, &changed_profile, Some(&created_with_profile))
         .expect("changing a profile is a new version, not an error");
 
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&admitted, "/spec/hostingUnitRef", json!("other")),
         Some(&admitted),
         "spec.hostingUnitRef is immutable",
     );
     let cpu_change = with(&admitted, "/spec/vmCpuCount", json!(4));
-    admit(&schemas, &cpu_change, Some(&admitted)).expect("Set-ProvScheme -VMCpuCount is allowed");
+    admit(schemas, &cpu_change, Some(&admitted)).expect("Set-ProvScheme -VMCpuCount is allowed");
 }
 
 #[test]
 fn image_version_spec_rules_reject_with_their_messages() {
-    let schemas = schemas();
+    image_version_spec_rules(&schemas());
+}
+
+fn image_version_spec_rules(schemas: &dyn Admission) {
     let master = example(|v| v["spec"].get("master").is_some());
     let prepared = example(|v| v["spec"].get("prepared").is_some());
     for spec in [&master, &prepared] {
-        admit(&schemas, spec, None).unwrap_or_else(|e| panic!("{}", messages(&e)));
+        admit(schemas, spec, None).unwrap_or_else(|e| panic!("{e}"));
     }
 
     let both = with(
@@ -419,13 +512,13 @@ fn image_version_spec_rules_reject_with_their_messages() {
         prepared["spec"]["prepared"].clone(),
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &both,
         None,
         "exactly one of spec.master or spec.prepared must be set",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &without(&master, "/spec/master"),
         None,
         "exactly one of spec.master or spec.prepared must be set",
@@ -436,10 +529,10 @@ fn image_version_spec_rules_reject_with_their_messages() {
         "/spec/master/masterImagePath",
         json!(r"XDHyp:\HostingUnits\lab\win11.vm\patched.snapshot"),
     );
-    assert_rejected(&schemas, &moved, Some(&master), "spec is immutable");
-    let master_admitted = admit(&schemas, &master, None).expect("accepted");
+    assert_rejected(schemas, &moved, Some(&master), "spec is immutable");
+    let master_admitted = admit(schemas, &master, None).expect("accepted");
     admit(
-        &schemas,
+        schemas,
         &with(&master_admitted, "/spec/deletionPolicy", json!("Retain")),
         Some(&master_admitted),
     )
@@ -451,19 +544,19 @@ fn image_version_spec_rules_reject_with_their_messages() {
         json!(r"XDHyp:\HostingUnits\lab\small.serviceoffering"),
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &offering,
         None,
         "spec.prepared.vmCpuCount and spec.prepared.vmMemoryMB cannot be used with spec.prepared.serviceOffering",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&prepared, "/spec/prepared/networkMapping", json!({})),
         None,
         "spec.prepared.networkMapping must not be empty",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&prepared, "/spec/prepared/vmCpuCount", json!(0)),
         None,
         "spec.prepared.vmCpuCount",
@@ -472,28 +565,31 @@ fn image_version_spec_rules_reject_with_their_messages() {
 
 #[test]
 fn other_kinds_reject_bad_input() {
-    let schemas = schemas();
+    other_kinds_rules(&schemas());
+}
+
+fn other_kinds_rules(schemas: &dyn Admission) {
     let connection = &example_of("HypervisorConnection");
     assert_rejected(
-        &schemas,
+        schemas,
         &without(connection, "/spec/local"),
         None,
         "spec.local is required when spec.type is Local",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(connection, "/spec/type", json!("Hyper-V")),
         None,
         "spec.type",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(connection, "/spec/local/storageRoots", json!([])),
         None,
         "spec.local.storageRoots",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(
             connection,
             "/spec/local/storageRoots",
@@ -505,43 +601,43 @@ fn other_kinds_reject_bad_input() {
 
     let pool = &example_of("IdentityPool");
     assert_rejected(
-        &schemas,
+        schemas,
         &with(pool, "/spec/namingScheme", json!("VDI-##-##")),
         None,
         "spec.namingScheme",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(pool, "/spec/namingScheme", json!("VDI")),
         None,
         "spec.namingScheme",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &without(pool, "/spec/domain"),
         None,
         "spec.domain is required when spec.identityType is ActiveDirectory",
     );
 
     let definition = &example_of("ImageDefinition");
-    let admitted = admit(&schemas, definition, None).expect("accepted");
+    let admitted = admit(schemas, definition, None).expect("accepted");
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&admitted, "/spec/vdaSessionSupport", json!("MultiSession")),
         Some(&admitted),
         "spec.vdaSessionSupport is immutable",
     );
     assert_rejected(
-        &schemas,
+        schemas,
         &with(definition, "/spec/osType", json!("Plan9")),
         None,
         "spec.osType",
     );
 
     let version = &example_of("ImageVersion");
-    let admitted = admit(&schemas, version, None).expect("accepted");
+    let admitted = admit(schemas, version, None).expect("accepted");
     assert_rejected(
-        &schemas,
+        schemas,
         &with(&admitted, "/spec/imageDefinitionRef", json!("other")),
         Some(&admitted),
         "spec.imageDefinitionRef is immutable",
@@ -549,9 +645,90 @@ fn other_kinds_reject_bad_input() {
 
     let unit = &example_of("HostingUnit");
     assert_rejected(
-        &schemas,
+        schemas,
         &with(unit, "/spec/serviceOfferings/0/cpuCount", json!(0)),
         None,
         "cpuCount",
     );
+}
+
+/// The same rules, examples and defaults on the tests' API server (a real one when
+/// `KUBEBUILDER_ASSETS` or `MCS_E2E_KUBECONFIG` is set; see `support::cluster`), through the
+/// real `kubectl` as users send them: every committed CRD file applies cleanly with `kubectl
+/// apply -f` (the README's install command), every example passes `kubectl apply
+/// --dry-run=server`, every bad manifest is rejected with its message.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_api_server_admits_and_rejects_through_kubectl() {
+    let Some(kubectl) = support::cluster::kubectl_path() else {
+        eprintln!(
+            "skipped: no kubectl found (KUBECTL, KUBEBUILDER_ASSETS or PATH); the rules were checked only by the project's own schema checker"
+        );
+        return;
+    };
+    let cluster = support::cluster::Cluster::start("crds").await;
+    eprintln!(
+        "checking admission on the {} through {}",
+        if cluster.is_real() {
+            "real API server"
+        } else {
+            "test API server"
+        },
+        kubectl.display()
+    );
+    let checker = KubectlAdmission {
+        kubectl,
+        kubeconfig: cluster.kubeconfig.clone(),
+        namespace: cluster.namespace.clone(),
+        validate: cluster.is_real(),
+    };
+    let checker = tokio::task::spawn_blocking(move || {
+        if checker.validate {
+            for crd in all_crds() {
+                let path = repo_path("crds").join(file_name(&crd));
+                let path = path.to_string_lossy();
+                let out = checker
+                    .kubectl(&["apply", "--dry-run=server", "-f", &path], None)
+                    .unwrap_or_else(|e| panic!("kubectl apply -f {path}: {e}"));
+                assert!(out.contains("(server dry run)"), "{out}");
+                let established = checker
+                    .kubectl(
+                        &[
+                            "get",
+                            "crd",
+                            crd.metadata.name.as_deref().expect("name"),
+                            "-o",
+                            "jsonpath={.status.conditions[?(@.type==\"Established\")].status}",
+                        ],
+                        None,
+                    )
+                    .expect("kubectl get crd");
+                assert_eq!(established, "True", "{path} is Established");
+            }
+        }
+        let folder = repo_path("examples");
+        let out = checker
+            .kubectl(
+                &["apply", "--dry-run=server", "-f", &folder.to_string_lossy()],
+                None,
+            )
+            .unwrap_or_else(|e| panic!("kubectl apply --dry-run=server -f examples/: {e}"));
+        assert_eq!(
+            out.lines()
+                .filter(|l| l.contains("(server dry run)"))
+                .count(),
+            examples().len(),
+            "{out}"
+        );
+        provscheme_rules(&checker);
+        image_version_spec_rules(&checker);
+        other_kinds_rules(&checker);
+        defaults(&checker);
+        checker
+    })
+    .await
+    .expect("the checks ran");
+    drop(checker);
+    cluster
+        .delete_namespace(std::time::Duration::from_secs(30))
+        .await;
 }

@@ -27,13 +27,12 @@ use mcs_operator::controller::{
     Context, OperatorConfig, connection, hosting_unit, image_definition, image_version,
     image_version_spec,
 };
-use mcs_testapi::TestApiServer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use support::cluster::Cluster;
 use support::run;
 
-const NS: &str = "default";
 const MASTER: &str = r"XDHyp:\HostingUnits\lab\win11.vm\base.snapshot";
 const LAN: &str = r"XDHyp:\HostingUnits\lab\lan.network";
 const SECRET_VALUE: &str = "s3cr3t-VALUE-7f3a9c";
@@ -41,7 +40,7 @@ const TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A running environment; the controllers stop when it is dropped.
 struct Env {
-    _server: TestApiServer,
+    cluster: Cluster,
     client: Client,
     images: PathBuf,
     fast: PathBuf,
@@ -73,9 +72,9 @@ fn assert_snapshot_content(image: &Path) {
     assert!(info.get("backing-filename").is_none(), "standalone image");
 }
 
-fn config(max_tasks: usize) -> OperatorConfig {
+fn config(namespace: &str, max_tasks: usize) -> OperatorConfig {
     OperatorConfig {
-        namespace: Some(NS.into()),
+        namespace: Some(namespace.into()),
         concurrency: 8,
         max_concurrent_tasks: max_tasks,
         progress_interval: Duration::from_millis(200),
@@ -84,8 +83,9 @@ fn config(max_tasks: usize) -> OperatorConfig {
 }
 
 impl Env {
-    async fn start() -> Env {
-        let (server, client) = crate::support::start_server().await;
+    async fn start(test: &str) -> Env {
+        let cluster = Cluster::start(test).await;
+        let client = cluster.client.clone();
         let dir = tempfile::tempdir().expect("tempdir");
         let images = dir.path().join("images");
         let fast = dir.path().join("fast");
@@ -99,7 +99,7 @@ impl Env {
         run("qemu-img", &["snapshot", "-c", "base", &m]);
         run("qemu-io", &["-f", "qcow2", "-c", "write -P 0xcd 0 1M", &m]);
         let env = Env {
-            _server: server,
+            cluster,
             client,
             images,
             fast,
@@ -134,7 +134,7 @@ impl Env {
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
     {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.cluster.namespace)
     }
 
     async fn create<K>(&self, value: Value) -> K
@@ -401,8 +401,11 @@ async fn block_a_slot(context: &Context) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_image_flow_to_finished() {
-    let mut env = Env::start().await;
-    env.run_controllers(Context::new(env.client.clone(), config(4)));
+    let mut env = Env::start("full-image-flow-to-finished").await;
+    env.run_controllers(Context::new(
+        env.client.clone(),
+        config(&env.cluster.namespace, 4),
+    ));
     env.version("win11-v1").await;
     env.master("win11-v1-master", "win11-v1", "lab", MASTER)
         .await;
@@ -603,8 +606,11 @@ async fn full_image_flow_to_finished() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn failure_states_from_bad_manifests() {
-    let mut env = Env::start().await;
-    env.run_controllers(Context::new(env.client.clone(), config(4)));
+    let mut env = Env::start("failure-states-from-bad-manifests").await;
+    env.run_controllers(Context::new(
+        env.client.clone(),
+        config(&env.cluster.namespace, 4),
+    ));
     // A second connection that the definition does not use, and a hosting unit on it.
     env.create::<HypervisorConnection>(json!({
         "apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "HypervisorConnection",
@@ -760,8 +766,11 @@ async fn failure_states_from_bad_manifests() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn deletion_waits_while_in_use() {
-    let mut env = Env::start().await;
-    env.run_controllers(Context::new(env.client.clone(), config(4)));
+    let mut env = Env::start("deletion-waits-while-in-use").await;
+    env.run_controllers(Context::new(
+        env.client.clone(),
+        config(&env.cluster.namespace, 4),
+    ));
     env.version("v1").await;
     env.master("m", "v1", "lab", MASTER).await;
     env.prepared("p", "v1", "m").await;
@@ -898,8 +907,8 @@ async fn deletion_waits_while_in_use() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cancel_and_retry() {
-    let mut env = Env::start().await;
-    let context = Context::new(env.client.clone(), config(1));
+    let mut env = Env::start("cancel-and-retry").await;
+    let context = Context::new(env.client.clone(), config(&env.cluster.namespace, 1));
     block_a_slot(&context).await;
     env.run_controllers(context.clone());
     env.version("v1").await;
@@ -973,8 +982,8 @@ async fn cancel_and_retry() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_task_survives_a_restart() {
-    let mut env = Env::start().await;
-    let first = Context::new(env.client.clone(), config(1));
+    let mut env = Env::start("a-task-survives-a-restart").await;
+    let first = Context::new(env.client.clone(), config(&env.cluster.namespace, 1));
     block_a_slot(&first).await;
     env.run_controllers(first.clone());
     env.version("v1").await;
@@ -1011,7 +1020,10 @@ async fn a_task_survives_a_restart() {
     assert!(!final_path.exists());
 
     // A new operator process (a fresh context) resumes the task and finishes it.
-    env.run_controllers(Context::new(env.client.clone(), config(2)));
+    env.run_controllers(Context::new(
+        env.client.clone(),
+        config(&env.cluster.namespace, 2),
+    ));
     let done = env.wait_task("p", TaskState::Finished).await;
     let resumed = done
         .status
@@ -1031,8 +1043,11 @@ async fn a_task_survives_a_restart() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn out_of_order_references_wait_and_retained_disks_stay() {
-    let mut env = Env::start().await;
-    env.run_controllers(Context::new(env.client.clone(), config(4)));
+    let mut env = Env::start("out-of-order-references-wait-and-retained-disks-stay").await;
+    env.run_controllers(Context::new(
+        env.client.clone(),
+        config(&env.cluster.namespace, 4),
+    ));
     // The prepared spec comes first: it waits (no task) for its version and source.
     env.create::<ImageVersionSpec>(json!({
         "apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "ImageVersionSpec",

@@ -3,13 +3,13 @@
 //! next to a cluster. The `Local` backend does real disk work with `qemu-img` over storage
 //! roots in a temporary directory (Debian: `apt-get install qemu-utils`).
 //!
-//! By default every test starts its own Kubernetes API test server (`mcs-testapi`, HTTPS, CRDs
-//! compiled into the operator). With `MCS_E2E_KUBECONFIG=/path/to/kubeconfig` the same tests run
-//! against a real cluster instead: the CRDs must be installed (`mcs-operator crd | kubectl apply
-//! -f -`), each test creates its own namespace `mcs-e2e-<test>-<random>` and deletes it at the
-//! end, and the operator still runs locally (spawned by the test with that kubeconfig and
-//! `--namespace`), because the `Local` backend must see the test's temporary storage
-//! directory. Tests that need the fault knobs of the test server are skipped then.
+//! The API server is chosen by `support::cluster`: the in-repo test server by default, a real
+//! control plane started from `KUBEBUILDER_ASSETS`, or an existing cluster named by
+//! `MCS_E2E_KUBECONFIG`. Each test works in its own namespace `mcs-<test>-<random>`, deleted at
+//! the end on a real server, and the operator still runs locally (spawned by the test with that
+//! kubeconfig and `--namespace`), because the `Local` backend must see the test's temporary
+//! storage directory. Tests that need the fault knobs of the test server are skipped on a real
+//! one.
 
 mod support;
 
@@ -19,17 +19,16 @@ use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::core::v1::Namespace;
+use kube::Resource;
 use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
 use kube::core::ApiResource;
-use kube::{Client, Resource};
 use mcs_operator::api::{ImageVersionSpec, ProvScheme, ProvVm, TaskState, UpdateStatus};
-use mcs_testapi::{TestApiConfig, TestApiServer};
+use mcs_testapi::TestApiServer;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
+use support::cluster::Cluster;
 use support::run;
 
-/// The variable that points the suite at a real cluster.
-const CLUSTER_VAR: &str = "MCS_E2E_KUBECONFIG";
 /// How long a whole flow may take to settle.
 const TIMEOUT: Duration = Duration::from_secs(60);
 const PREPARED: &str = "win11-2026-11-prepared";
@@ -40,10 +39,7 @@ const MACHINES: [&str; 3] = ["vdi-001", "vdi-002", "vdi-003"];
 /// operator process.
 struct Harness {
     name: String,
-    server: Option<TestApiServer>,
-    kubeconfig: PathBuf,
-    client: Client,
-    namespace: String,
+    cluster: Cluster,
     images: PathBuf,
     fast: PathBuf,
     dir: tempfile::TempDir,
@@ -54,43 +50,12 @@ struct Harness {
 }
 
 impl Harness {
-    /// Starts the API server (unless `MCS_E2E_KUBECONFIG` is set), creates the test's namespace
-    /// and the storage roots, and writes a master image of `size` holding `data_mib` MiB of
-    /// data with the snapshot `base`. The operator is not started yet.
+    /// Connects to the tests' API server (see `support::cluster`), creates the test's
+    /// namespace and the storage roots, and writes a master image of `size` holding `data_mib`
+    /// MiB of data with the snapshot `base`. The operator is not started yet.
     async fn new(name: &str, size: &str, data_mib: u32) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let (server, kubeconfig) = match std::env::var_os(CLUSTER_VAR) {
-            Some(path) => (None, PathBuf::from(path)),
-            None => {
-                let server = TestApiServer::start(TestApiConfig {
-                    tls: true,
-                    ..Default::default()
-                })
-                .await
-                .expect("test API server starts");
-                for crd in mcs_operator::api::all_crds() {
-                    server
-                        .install_crd(&serde_json::to_value(&crd).expect("CRD JSON"))
-                        .expect("CRD installed");
-                }
-                let kubeconfig = dir.path().join("kubeconfig");
-                std::fs::write(&kubeconfig, server.kubeconfig_yaml()).expect("kubeconfig");
-                (Some(server), kubeconfig)
-            }
-        };
-        let client = client(&kubeconfig).await;
-        let namespace = format!(
-            "mcs-e2e-{name}-{}",
-            &uuid::Uuid::new_v4().simple().to_string()[..8]
-        );
-        Api::<Namespace>::all(client.clone())
-            .create(
-                &PostParams::default(),
-                &serde_json::from_value(json!({"metadata": {"name": namespace}}))
-                    .expect("namespace"),
-            )
-            .await
-            .expect("namespace created");
+        let cluster = Cluster::start(name).await;
         let images = dir.path().join("images");
         let fast = dir.path().join("fast");
         std::fs::create_dir_all(&images).expect("images");
@@ -116,10 +81,7 @@ impl Harness {
         run("qemu-img", &["snapshot", "-c", "base", &m]);
         Harness {
             name: name.into(),
-            server,
-            kubeconfig,
-            client,
-            namespace,
+            cluster,
             images,
             fast,
             dir,
@@ -129,12 +91,9 @@ impl Harness {
         }
     }
 
-    /// The test API server, or `None` (with a note) on a real cluster.
+    /// The test API server, or `None` (with a note) on a real API server.
     fn test_server(&self) -> Option<&TestApiServer> {
-        if self.server.is_none() {
-            eprintln!("{}: needs the test API server's faults; skipped", self.name);
-        }
-        self.server.as_ref()
+        self.cluster.faults_server(&self.name)
     }
 
     /// Makes the operator's `qemu-img convert` copy at most `rate` per second (`-r`), as a
@@ -179,9 +138,9 @@ impl Harness {
                 "--log-format",
                 "text",
                 "--namespace",
-                &self.namespace,
+                &self.cluster.namespace,
             ])
-            .env("KUBECONFIG", &self.kubeconfig)
+            .env("KUBECONFIG", &self.cluster.kubeconfig)
             .env("NO_COLOR", "1")
             .env(
                 "RUST_LOG",
@@ -212,7 +171,7 @@ impl Harness {
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
     {
-        Api::namespaced(self.client.clone(), &self.namespace)
+        Api::namespaced(self.cluster.client.clone(), &self.cluster.namespace)
     }
 
     /// The objects of `examples/` with the storage roots moved into the test's directory.
@@ -222,9 +181,14 @@ impl Harness {
 
     /// Applies `objects` (server-side apply, as `kubectl apply --server-side`).
     async fn apply(&self, objects: &[Value]) {
-        mcs_operator::dev::apply_objects(&self.client, &self.namespace, objects, "e2e")
-            .await
-            .expect("examples applied");
+        mcs_operator::dev::apply_objects(
+            &self.cluster.client,
+            &self.cluster.namespace,
+            objects,
+            "e2e",
+        )
+        .await
+        .expect("examples applied");
     }
 
     /// Creates `object` with a plain POST.
@@ -234,8 +198,11 @@ impl Harness {
             .into_iter()
             .find(|r| r.kind == kind)
             .expect("an mcs kind");
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), &self.namespace, &resource);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.cluster.client.clone(),
+            &self.cluster.namespace,
+            &resource,
+        );
         api.create(
             &PostParams::default(),
             &serde_json::from_value(object.clone()).expect("object"),
@@ -372,11 +339,11 @@ impl Drop for Harness {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tail());
         }
-        if self.server.is_none() {
-            // A real cluster: delete the namespace while the operator still runs (it removes
-            // the finalizers), then stop the operator.
-            let kubeconfig = self.kubeconfig.clone();
-            let namespace = self.namespace.clone();
+        if self.cluster.is_real() {
+            // A real API server: delete the namespace while the operator still runs (it
+            // removes the finalizers), then stop the operator.
+            let kubeconfig = self.cluster.kubeconfig.clone();
+            let namespace = self.cluster.namespace.clone();
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Runtime::new().expect("runtime");
                 runtime.block_on(delete_namespace(&kubeconfig, &namespace));
@@ -389,7 +356,7 @@ impl Drop for Harness {
 
 /// Deletes `namespace` and waits (at most a minute) until it is gone.
 async fn delete_namespace(kubeconfig: &Path, namespace: &str) {
-    let api = Api::<Namespace>::all(client(kubeconfig).await);
+    let api = Api::<Namespace>::all(support::cluster::client(kubeconfig).await);
     if let Err(error) = api.delete(namespace, &DeleteParams::default()).await {
         eprintln!("deleting namespace {namespace}: {error}");
         return;
@@ -402,15 +369,6 @@ async fn delete_namespace(kubeconfig: &Path, namespace: &str) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     eprintln!("namespace {namespace} is still terminating");
-}
-
-/// A client from a kubeconfig file, as kubectl builds one.
-async fn client(kubeconfig: &Path) -> Client {
-    let config = kube::config::Kubeconfig::read_from(kubeconfig).expect("kubeconfig readable");
-    let config = kube::Config::from_custom_kubeconfig(config, &Default::default())
-        .await
-        .expect("kubeconfig usable");
-    Client::try_from(config).expect("client")
 }
 
 fn task_state(task: Option<&mcs_operator::api::TaskStatus>) -> Option<TaskState> {
@@ -508,11 +466,11 @@ async fn operator_killed_mid_consolidation_recovers() {
     }
     // On the test server, hold back the operator's next writes while it is being killed so
     // the recorded state cannot move on between the read above and the kill.
-    if let Some(server) = &h.server {
+    if let Some(server) = h.cluster.test_server() {
         server.faults().set_delay(Duration::from_secs(2));
     }
     h.kill_operator();
-    if let Some(server) = &h.server {
+    if let Some(server) = h.cluster.test_server() {
         server.faults().set_delay(Duration::ZERO);
     }
     let killed = api.get(PREPARED).await.expect("spec");
@@ -564,7 +522,7 @@ async fn watch_drops_and_server_errors_are_survived() {
     })
     .await;
 
-    let faults = h.server.as_ref().expect("test server").faults();
+    let faults = h.cluster.test_server().expect("test server").faults();
     faults.drop_watches();
     for verb in ["list", "watch", "patch"] {
         faults.fail_next(verb, None, 20, 500);

@@ -14,7 +14,7 @@ use mcs_operator::api::{
     LABEL_PROVSCHEME, ProvScheme, ProvVm, TaskState, UpdateStatus, condition_type,
 };
 use mcs_operator::cli::scheme::{self as cli, SchemeCommand};
-use schemes_env::{DMZ, Env, NS, names};
+use schemes_env::{DMZ, Env, names};
 use serde_json::json;
 
 fn version(scheme: &ProvScheme) -> Option<i64> {
@@ -81,7 +81,7 @@ async fn wait_ready_machines(env: &Env, name: &str, count: i32) -> ProvScheme {
 /// The seed's `Set-ProvScheme` examples replayed as manifest changes.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn seed_examples_make_versions_and_revert() {
-    let env = Env::start().await;
+    let env = Env::start("seed-examples-make-versions-and-revert").await;
     env.prepared("prepared-a", "win11", "Success").await;
     let profile1 = r"XDHyp:\HostingUnits\lab\machineprofile.folder\rg.resourcegroup\ts.templatespec\1.0.templatespecversion";
     let profile2 = r"XDHyp:\HostingUnits\lab\machineprofile.folder\rg.resourcegroup\ts.templatespec\2.0.templatespecversion";
@@ -132,7 +132,7 @@ async fn seed_examples_make_versions_and_revert() {
     // Set-ProvScheme -Version 1, as `scheme revert --to-version 1`.
     let out = cli::run(
         env.client.clone(),
-        NS,
+        env.ns(),
         &SchemeCommand::Revert {
             name: "myscheme".into(),
             to_version: 1,
@@ -194,7 +194,7 @@ async fn seed_examples_make_versions_and_revert() {
     // The command line: history and diff.
     let history = cli::run(
         env.client.clone(),
-        NS,
+        env.ns(),
         &SchemeCommand::History {
             name: "myscheme".into(),
         },
@@ -208,7 +208,7 @@ async fn seed_examples_make_versions_and_revert() {
     assert!(lines[4].contains("initial version"), "{history}");
     let diff = cli::run(
         env.client.clone(),
-        NS,
+        env.ns(),
         &SchemeCommand::Diff {
             name: "myscheme".into(),
             a: 1,
@@ -222,8 +222,8 @@ async fn seed_examples_make_versions_and_revert() {
     // The binary, and kubectl with the binary linked as the plugin `kubectl-mcs`.
     let binary = std::path::Path::new(env!("CARGO_BIN_EXE_mcs-operator"));
     let out = std::process::Command::new(binary)
-        .args(["scheme", "history", "myscheme", "-n", NS])
-        .env("KUBECONFIG", env.server.kubeconfig_path())
+        .args(["scheme", "history", "myscheme", "-n", env.ns()])
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
         .output()
         .expect("runs");
     assert!(
@@ -240,9 +240,9 @@ async fn seed_examples_make_versions_and_revert() {
             "--to-version",
             "9",
             "-n",
-            NS,
+            env.ns(),
         ])
-        .env("KUBECONFIG", env.server.kubeconfig_path())
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
         .output()
         .expect("runs");
     assert!(!out.status.success());
@@ -259,9 +259,24 @@ async fn seed_examples_make_versions_and_revert() {
         plugins.path().display(),
         std::env::var("PATH").unwrap_or_default()
     );
-    if let Ok(out) = std::process::Command::new("kubectl")
-        .args(["mcs", "scheme", "diff", "myscheme", "1", "2"])
-        .env("KUBECONFIG", env.server.kubeconfig_path())
+    let Some(kubectl) = support::cluster::kubectl_path() else {
+        eprintln!(
+            "no kubectl found (KUBECTL, KUBEBUILDER_ASSETS or PATH): the plugin check is skipped"
+        );
+        return;
+    };
+    if let Ok(out) = std::process::Command::new(kubectl)
+        .args([
+            "mcs",
+            "scheme",
+            "diff",
+            "myscheme",
+            "1",
+            "2",
+            "-n",
+            env.ns(),
+        ])
+        .env("KUBECONFIG", &env.cluster.kubeconfig)
         .env("PATH", path)
         .output()
     {
@@ -277,7 +292,7 @@ async fn seed_examples_make_versions_and_revert() {
 /// Pruning at maxVersions keeps the current version and versions machines were built from.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn pruning_keeps_current_and_referenced_versions() {
-    let env = Env::start().await;
+    let env = Env::start("pruning-keeps-current-and-referenced-versions").await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.scheme("pruned", json!({"maxVersions": 2, "machineCount": 1}))
         .await;
@@ -302,7 +317,7 @@ async fn pruning_keeps_current_and_referenced_versions() {
     // A revert to a pruned version is refused by the command line.
     let error = cli::run(
         env.client.clone(),
-        NS,
+        env.ns(),
         &SchemeCommand::Revert {
             name: "pruned".into(),
             to_version: 2,
@@ -341,7 +356,7 @@ async fn pruning_keeps_current_and_referenced_versions() {
 /// Scale 0 -> 5 -> 2 with real overlays created and removed, newest first.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn scale_creates_and_removes_machines_with_disks() {
-    let env = Env::start().await;
+    let env = Env::start("scale-creates-and-removes-machines-with-disks").await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.scheme("desktops", json!({"initialBatchSizeHint": 3}))
         .await;
@@ -464,7 +479,7 @@ async fn scale_creates_and_removes_machines_with_disks() {
 /// the other scheme (409 on create) is skipped.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn schemes_sharing_a_pool_never_share_a_name() {
-    let env = Env::start().await;
+    let env = Env::start("schemes-sharing-a-pool-never-share-a-name").await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.scheme("left", json!({})).await;
     env.scheme("right", json!({})).await;
@@ -501,7 +516,7 @@ async fn schemes_sharing_a_pool_never_share_a_name() {
 /// start inside the update window only; per-machine overrides win.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn machines_update_on_start_inside_the_window_only() {
-    let env = Env::start().await;
+    let env = Env::start("machines-update-on-start-inside-the-window-only").await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.scheme("office", json!({"machineCount": 2})).await;
     wait_version(&env, "office", 1).await;
@@ -599,7 +614,7 @@ async fn machines_update_on_start_inside_the_window_only() {
 /// Creation failures end the task in the SDK's failure state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn creation_failures_end_in_the_sdk_states() {
-    let env = Env::start().await;
+    let env = Env::start("creation-failures-end-in-the-sdk-states").await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.prepared("prepared-failed", "win11", "Failed").await;
     let cases = [
@@ -688,7 +703,7 @@ async fn creation_failures_end_in_the_sdk_states() {
 /// definition the cache sizes, and each start resets its overlay.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn write_back_cache_and_clean_on_boot_machines() {
-    let env = Env::start().await;
+    let env = Env::start("write-back-cache-and-clean-on-boot-machines").await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.scheme(
         "pooled",
@@ -749,7 +764,7 @@ async fn write_back_cache_and_clean_on_boot_machines() {
 /// rejected at admission already.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn rejected_changes_touch_nothing() {
-    let env = Env::start().await;
+    let env = Env::start("rejected-changes-touch-nothing").await;
     env.prepared("prepared-a", "win11", "Success").await;
     env.prepared("prepared-preparing", "win11", "InProgress")
         .await;
@@ -870,7 +885,7 @@ async fn rejected_changes_touch_nothing() {
 /// from it.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_whole_operator_prepares_then_provisions() {
-    let env = Env::start_full().await;
+    let env = Env::start_full("the-whole-operator-prepares-then-provisions").await;
     env.prepare_by_operator("prepared-full", "win11").await;
     env.scheme(
         "full",

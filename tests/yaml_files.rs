@@ -8,6 +8,7 @@
 //! - when a real kubectl is at hand, it reads every file as we do;
 //! - the writer (`mcs_operator::yaml`) round-trips any JSON value through both readers.
 
+mod support;
 mod yaml11;
 
 use std::path::{Path, PathBuf};
@@ -344,21 +345,6 @@ fn stored_sdk_power_states_still_read() {
     );
 }
 
-/// A kubectl that runs: `$KUBECTL`, `$KUBEBUILDER_ASSETS/kubectl`, or `kubectl` on `PATH`.
-fn kubectl() -> Option<PathBuf> {
-    let candidates = [
-        std::env::var_os("KUBECTL").map(PathBuf::from),
-        std::env::var_os("KUBEBUILDER_ASSETS").map(|d| PathBuf::from(d).join("kubectl")),
-        Some(PathBuf::from("kubectl")),
-    ];
-    candidates.into_iter().flatten().find(|k| {
-        Command::new(k)
-            .args(["version", "--client"])
-            .output()
-            .is_ok_and(|o| o.status.success())
-    })
-}
-
 /// What kubectl makes of a file, without a cluster: `annotate --local` decodes the file as it
 /// does for `apply` (sigs.k8s.io/yaml, YAML 1.1) and prints the objects as JSON. Removing an
 /// annotation nobody sets changes nothing but may add an empty `metadata.annotations`.
@@ -401,7 +387,7 @@ fn without_added_annotations(mut theirs: Value, ours: &Value) -> Value {
 
 #[test]
 fn kubectl_reads_every_file_as_we_do() {
-    let Some(kubectl) = kubectl() else {
+    let Some(kubectl) = support::cluster::kubectl_path() else {
         println!(
             "kubectl not found ($KUBECTL, $KUBEBUILDER_ASSETS/kubectl, PATH): \
              the comparison with a real kubectl was skipped"

@@ -288,7 +288,7 @@ pub async fn run(
                     &scheme.name_any(),
                     &PatchParams {
                         field_manager: Some(FIELD_MANAGER.into()),
-                        ..PatchParams::default()
+                        ..crate::controller::strict::patch()
                     },
                     &Patch::Merge(&patch),
                 )

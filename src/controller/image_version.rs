@@ -20,7 +20,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::{ListParams, PostParams};
+use kube::api::ListParams;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
@@ -172,10 +172,7 @@ async fn assign_number(
         definition
             .annotations_mut()
             .insert(ANNOTATION_LAST_VERSION.to_string(), write.render());
-        match definitions
-            .replace(&definition.name_any(), &PostParams::default(), &definition)
-            .await
-        {
+        match super::strict::replace(&definitions, &definition.name_any(), &definition).await {
             Ok(_) => return Ok(Some(number)),
             Err(kube::Error::Api(status)) if status.code == 409 => {
                 tracing::debug!(

@@ -17,6 +17,7 @@ pub mod prov_scheme;
 pub mod prov_vm;
 pub mod scheme_versions;
 pub mod status;
+pub mod strict;
 pub mod tasks;
 pub mod update_window;
 

@@ -17,7 +17,7 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
@@ -424,7 +424,7 @@ async fn set_finalizers(
     });
     api.patch(
         &scheme.name_any(),
-        &PatchParams::default(),
+        &super::strict::patch(),
         &Patch::Merge(&patch),
     )
     .await?;
@@ -820,7 +820,7 @@ async fn reconcile(
             let mut candidate = *index;
             for _ in 0..NAME_ATTEMPTS {
                 let machine = new_machine(&scheme, &naming, candidate)?;
-                match vms.create(&PostParams::default(), &machine).await {
+                match super::strict::create(&vms, &machine).await {
                     Ok(_) => {
                         used.insert(candidate);
                         created += 1;
@@ -935,7 +935,7 @@ async fn reconcile(
     if scheme.annotations().contains_key(ANNOTATION_RETRY) {
         let patch = json!({ "metadata": { "annotations": { ANNOTATION_RETRY: null } } });
         schemes
-            .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+            .patch(&name, &super::strict::patch(), &Patch::Merge(&patch))
             .await?;
     }
     for e in events {

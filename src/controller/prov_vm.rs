@@ -17,7 +17,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ControllerRevision;
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::{self, ObjectRef, Store};
@@ -491,7 +491,7 @@ async fn remove_finalizer(api: &Api<ProvVm>, machine: &ProvVm) -> Result<(), Con
     match api
         .patch(
             &machine.name_any(),
-            &PatchParams::default(),
+            &super::strict::patch(),
             &Patch::Merge(&patch),
         )
         .await

@@ -17,7 +17,7 @@ use jiff::Timestamp;
 use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::apimachinery::pkg::runtime::RawExtension;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::{Resource, ResourceExt};
 use mcs_domain::history::{self, Decision, History, HistoryError, Plan, StoredVersion};
 use serde_json::{Value, json};
@@ -327,7 +327,7 @@ pub async fn record_highest(
     let patch = json!({ "metadata": { "annotations": { ANNOTATION_HIGHEST_VERSION: highest.to_string() } } });
     api.patch(
         &scheme.name_any(),
-        &PatchParams::default(),
+        &super::strict::patch(),
         &Patch::Merge(&patch),
     )
     .await?;
@@ -352,7 +352,7 @@ pub async fn create(
             "the scheme has no uid; it was not read from the API server".into(),
         )));
     };
-    match api.create(&PostParams::default(), &revision).await {
+    match super::strict::create(api, &revision).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let name = revision_name(&scheme.name_any(), number);

@@ -1,6 +1,6 @@
 //! Writing `.status` with server-side apply: one field manager per controller.
 
-use kube::api::{Api, Patch, PatchParams};
+use kube::api::{Api, Patch};
 use kube::{Resource, ResourceExt};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -31,7 +31,7 @@ where
     });
     api.patch_status(
         &obj.name_any(),
-        &PatchParams::apply(manager).force(),
+        &super::strict::apply(manager),
         &Patch::Apply(&body),
     )
     .await

@@ -509,7 +509,7 @@ where
     let patch = serde_json::json!({ "metadata": { "annotations": annotations } });
     api.patch(
         name,
-        &kube::api::PatchParams::default(),
+        &super::strict::patch(),
         &kube::api::Patch::Merge(&patch),
     )
     .await

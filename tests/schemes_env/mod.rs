@@ -15,13 +15,12 @@ use kube::{Client, Resource, ResourceExt};
 use mcs_backend::{LocalBackend, MasterRef, Operation, Output, PrepareRequest};
 use mcs_operator::api::{HostingUnit, HypervisorConnection, ImageVersionSpec};
 use mcs_operator::controller::{Context, OperatorConfig, backends, prov_scheme, prov_vm};
-use mcs_testapi::TestApiServer;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 
-/// The namespace every test object lives in.
-pub const NS: &str = "default";
+use crate::support::cluster::Cluster;
+
 /// The master snapshot's inventory path.
 pub const MASTER: &str = r"XDHyp:\HostingUnits\lab\win11.vm\base.snapshot";
 /// The LAN network path.
@@ -31,8 +30,8 @@ pub const DMZ: &str = r"XDHyp:\HostingUnits\lab\dmz.network";
 
 /// A running environment; everything stops when it is dropped.
 pub struct Env {
-    /// The API server.
-    pub server: TestApiServer,
+    /// The API server and the test's namespace.
+    pub cluster: Cluster,
     /// A client of it.
     pub client: Client,
     /// The storage root directory (`images`).
@@ -58,40 +57,41 @@ fn qemu(args: &[&str]) {
 }
 
 impl Env {
-    /// Starts the server, writes the base objects and starts the controllers.
-    pub async fn start() -> Env {
-        Self::start_with(OperatorConfig {
-            namespace: Some(NS.into()),
+    /// Starts the server, writes the base objects and starts the ProvScheme and ProvVM
+    /// controllers.
+    pub async fn start(test: &str) -> Env {
+        Self::start_inner(test, Self::config(), false).await
+    }
+
+    /// Starts every controller of the operator (`controller::run`), image side included.
+    pub async fn start_full(test: &str) -> Env {
+        Self::start_inner(test, Self::config(), true).await
+    }
+
+    /// Starts with the given operator settings (the namespace is the test's own).
+    pub async fn start_with(test: &str, config: OperatorConfig) -> Env {
+        Self::start_inner(test, config, false).await
+    }
+
+    /// The operator settings of [`Env::start`].
+    pub fn config() -> OperatorConfig {
+        OperatorConfig {
             concurrency: 8,
             max_concurrent_tasks: 8,
             progress_interval: Duration::from_millis(100),
             ..OperatorConfig::default()
-        })
-        .await
+        }
     }
 
-    /// Starts every controller of the operator (`controller::run`), image side included.
-    pub async fn start_full() -> Env {
-        Self::start_inner(
-            OperatorConfig {
-                namespace: Some(NS.into()),
-                concurrency: 8,
-                max_concurrent_tasks: 8,
-                progress_interval: Duration::from_millis(100),
-                ..OperatorConfig::default()
-            },
-            true,
-        )
-        .await
+    /// The test's namespace.
+    pub fn ns(&self) -> &str {
+        &self.cluster.namespace
     }
 
-    /// Starts with the given operator settings.
-    pub async fn start_with(config: OperatorConfig) -> Env {
-        Self::start_inner(config, false).await
-    }
-
-    async fn start_inner(config: OperatorConfig, full: bool) -> Env {
-        let (server, client) = crate::support::start_server().await;
+    async fn start_inner(test: &str, mut config: OperatorConfig, full: bool) -> Env {
+        let cluster = Cluster::start(test).await;
+        let client = cluster.client.clone();
+        config.namespace = Some(cluster.namespace.clone());
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("images");
         std::fs::create_dir_all(&root).expect("root");
@@ -100,7 +100,7 @@ impl Env {
         qemu(&["create", "-q", "-f", "qcow2", &master_s, "16M"]);
         qemu(&["snapshot", "-c", "base", &master_s]);
         let mut env = Env {
-            server,
+            cluster,
             client,
             root,
             _dir: dir,
@@ -140,7 +140,7 @@ impl Env {
     where
         K: Resource<Scope = NamespaceResourceScope, DynamicType = ()>,
     {
-        Api::namespaced(self.client.clone(), NS)
+        Api::namespaced(self.client.clone(), &self.cluster.namespace)
     }
 
     async fn base_objects(&self) {

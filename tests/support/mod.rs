@@ -3,6 +3,8 @@
 
 #![allow(dead_code)] // every test crate includes this module and uses only some helpers
 
+pub mod cluster;
+
 use std::path::Path;
 use std::process::Command;
 

@@ -27,6 +27,7 @@
 //! Deliberate simplifications (known gaps against a real apiserver) are listed in the
 //! crate's `README.md`.
 
+pub mod control_plane;
 pub mod error;
 pub mod faults;
 pub mod schema;

@@ -2,8 +2,8 @@
 
 use base64::Engine as _;
 use rcgen::{
-    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
-    KeyUsagePurpose,
+    BasicConstraints, Certificate, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose,
 };
 use rustls::pki_types::{PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::sync::Arc;
@@ -16,31 +16,53 @@ pub struct TlsMaterial {
     pub server_config: Arc<rustls::ServerConfig>,
 }
 
-/// Generate a CA and a server certificate for `127.0.0.1` and `localhost`.
-pub fn generate() -> anyhow::Result<TlsMaterial> {
-    let ca_key = KeyPair::generate()?;
-    let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "mcs-testapi CA");
-    ca_params.key_usages = vec![
+/// A new self-signed CA named `name`: its certificate and the issuer that signs with it.
+pub(crate) fn new_ca(name: &str) -> anyhow::Result<(Certificate, Issuer<'static, KeyPair>)> {
+    let key = KeyPair::generate()?;
+    let mut params = CertificateParams::new(Vec::<String>::new())?;
+    params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    params.distinguished_name.push(DnType::CommonName, name);
+    params.key_usages = vec![
         KeyUsagePurpose::KeyCertSign,
         KeyUsagePurpose::CrlSign,
         KeyUsagePurpose::DigitalSignature,
     ];
-    let ca_cert = ca_params.self_signed(&ca_key)?;
-    let issuer = Issuer::new(ca_params, ca_key);
-    let leaf_key = KeyPair::generate()?;
-    let mut leaf = CertificateParams::new(vec!["127.0.0.1".to_string(), "localhost".to_string()])?;
-    leaf.distinguished_name
-        .push(DnType::CommonName, "mcs-testapi");
-    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-    leaf.key_usages = vec![
+    let cert = params.self_signed(&key)?;
+    Ok((cert, Issuer::new(params, key)))
+}
+
+/// A leaf certificate signed by `issuer`: subject alternative `names`, the distinguished name
+/// parts `subject`, and the extended key usages `usages`; with its new key.
+pub(crate) fn new_leaf(
+    issuer: &Issuer<'static, KeyPair>,
+    names: &[&str],
+    subject: &[(DnType, &str)],
+    usages: Vec<ExtendedKeyUsagePurpose>,
+) -> anyhow::Result<(Certificate, KeyPair)> {
+    let key = KeyPair::generate()?;
+    let mut params =
+        CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>())?;
+    for (part, value) in subject {
+        params.distinguished_name.push(part.clone(), *value);
+    }
+    params.extended_key_usages = usages;
+    params.key_usages = vec![
         KeyUsagePurpose::DigitalSignature,
         KeyUsagePurpose::KeyEncipherment,
     ];
-    let leaf_cert = leaf.signed_by(&leaf_key, &issuer)?;
+    let cert = params.signed_by(&key, issuer)?;
+    Ok((cert, key))
+}
+
+/// Generate a CA and a server certificate for `127.0.0.1` and `localhost`.
+pub fn generate() -> anyhow::Result<TlsMaterial> {
+    let (ca_cert, issuer) = new_ca("mcs-testapi CA")?;
+    let (leaf_cert, leaf_key) = new_leaf(
+        &issuer,
+        &["127.0.0.1", "localhost"],
+        &[(DnType::CommonName, "mcs-testapi")],
+        vec![ExtendedKeyUsagePurpose::ServerAuth],
+    )?;
     let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(leaf_key.serialize_der()));
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut cfg = rustls::ServerConfig::builder_with_provider(provider)
