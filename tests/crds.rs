@@ -719,6 +719,32 @@ async fn the_api_server_admits_and_rejects_through_kubectl() {
             examples().len(),
             "{out}"
         );
+        // YAML 1.1 (kubectl, Helm, Argo CD) reads an unquoted `On` as a boolean: the spec's
+        // power states are `Running`/`Stopped`, and a typed `On` gets a type error, not a
+        // silent misreading.
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (value, accepted) in [("On", false), ("Running", true), ("Stopped", true)] {
+            let file = dir.path().join(format!("vm-{value}.yaml"));
+            std::fs::write(
+                &file,
+                format!(
+                    "apiVersion: mcs.imaging.dev/v1alpha1\nkind: ProvVm\nmetadata:\n  name: vdi-001\nspec:\n  provSchemeRef: win11-desktops\n  machineName: VDI-001\n  machineIndex: 1\n  powerState: {value}\n"
+                ),
+            )
+            .expect("manifest");
+            let result = checker.kubectl(
+                &["apply", "--dry-run=server", "-f", &file.to_string_lossy()],
+                None,
+            );
+            match (accepted, result) {
+                (true, Ok(_)) => {}
+                (false, Err(error)) => assert!(
+                    error.contains("spec.powerState") && error.contains("boolean"),
+                    "powerState: {value} is rejected as a boolean: {error}"
+                ),
+                (_, result) => panic!("powerState: {value}: {result:?}"),
+            }
+        }
         provscheme_rules(&checker);
         image_version_spec_rules(&checker);
         other_kinds_rules(&checker);
