@@ -17,6 +17,29 @@ pub struct ApiError {
     pub retry_after: Option<u64>,
 }
 
+/// The plain-text body of a 404 for a path that no API group serves.
+const PAGE_NOT_FOUND: &str = "404 page not found";
+
+/// The `reason` of a field error (a `StatusCause`), from the start of its message as the
+/// apiserver words them (`Required value`, `Forbidden: ...`, `Invalid value: ...`).
+pub(crate) fn cause_reason(message: &str) -> &'static str {
+    const PREFIXES: [(&str, &str); 9] = [
+        ("Required value", "FieldValueRequired"),
+        ("Forbidden", "FieldValueForbidden"),
+        ("Unsupported value", "FieldValueNotSupported"),
+        ("Duplicate value", "FieldValueDuplicate"),
+        ("Too long", "FieldValueTooLong"),
+        ("Too many", "FieldValueTooMany"),
+        ("Not found", "FieldValueNotFound"),
+        ("Internal error", "InternalError"),
+        ("Invalid value", "FieldValueInvalid"),
+    ];
+    PREFIXES
+        .iter()
+        .find(|(prefix, _)| message.starts_with(prefix))
+        .map_or("FieldValueInvalid", |(_, reason)| reason)
+}
+
 /// Shorthand result type for API operations.
 pub type ApiResult<T> = Result<T, ApiError>;
 
@@ -63,14 +86,29 @@ impl ApiError {
         .with_details(group, plural, name)
     }
 
-    /// 404 NotFound for a path the server does not serve.
+    /// 404 NotFound for a path under a served built-in group version that names no resource
+    /// (a real apiserver's `details` is empty then).
     pub fn path_not_found() -> Self {
-        Self::new(
+        let mut e = Self::new(
             404,
             "NotFound",
             "the server could not find the requested resource",
-        )
-        .with_details("", "", "")
+        );
+        e.details = json!({});
+        e
+    }
+
+    /// 404 for a path no API group serves: a real apiserver answers these (unknown groups,
+    /// unknown versions or resources of a CRD's group, anything outside `/api` and `/apis`)
+    /// with the plain-text body `404 page not found`, not a `Status`. Rendered as such by
+    /// the HTTP front end ([`ApiError::is_page_not_found`]).
+    pub fn page_not_found() -> Self {
+        Self::new(404, "NotFound", PAGE_NOT_FOUND)
+    }
+
+    /// Whether this is [`ApiError::page_not_found`] (served as plain text).
+    pub fn is_page_not_found(&self) -> bool {
+        self.code == 404 && self.message == PAGE_NOT_FOUND && self.details.is_null()
     }
 
     /// 409 AlreadyExists.
@@ -110,18 +148,21 @@ impl ApiError {
         .with_details(group, plural, name)
     }
 
-    /// 422 Invalid with field causes: `(field, message)` pairs.
+    /// 422 Invalid with field causes: `(field, message)` pairs. Each cause's `reason` follows
+    /// from its message (`Forbidden: ...` is `FieldValueForbidden`, ...); the message lists
+    /// every distinct cause once, as the apiserver's aggregate does.
     pub fn invalid(group: &str, kind: &str, name: &str, causes: &[(String, String)]) -> Self {
-        let msgs: Vec<String> = causes
-            .iter()
-            .map(|(f, m)| {
-                if f.is_empty() {
-                    m.clone()
-                } else {
-                    format!("{f}: {m}")
-                }
-            })
-            .collect();
+        let mut msgs: Vec<String> = Vec::new();
+        for (f, m) in causes {
+            let text = if f.is_empty() {
+                m.clone()
+            } else {
+                format!("{f}: {m}")
+            };
+            if !msgs.contains(&text) {
+                msgs.push(text);
+            }
+        }
         let msg = if msgs.len() == 1 {
             msgs[0].clone()
         } else {
@@ -134,11 +175,13 @@ impl ApiError {
         );
         let causes: Vec<Value> = causes
             .iter()
-            .map(|(f, m)| json!({"reason": "FieldValueInvalid", "message": m, "field": f}))
+            .map(|(f, m)| json!({"reason": cause_reason(m), "message": m, "field": f}))
             .collect();
-        let mut d = json!({ "name": name, "kind": kind, "causes": causes });
-        if !group.is_empty() {
-            d["group"] = json!(group);
+        let mut d = json!({ "causes": causes });
+        for (k, v) in [("group", group), ("kind", kind), ("name", name)] {
+            if !v.is_empty() {
+                d[k] = json!(v);
+            }
         }
         e.details = d;
         e
@@ -216,6 +259,11 @@ impl ApiError {
             "reason": self.reason,
             "code": self.code,
         });
+        if self.reason.is_empty()
+            && let Some(m) = s.as_object_mut()
+        {
+            m.remove("reason");
+        }
         if !self.details.is_null() {
             s["details"] = self.details.clone();
         }

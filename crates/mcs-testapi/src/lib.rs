@@ -218,6 +218,7 @@ fn install_crd(store: &Store, crd: &Value) -> Result<(), ApiError> {
     let wo = WriteOpts {
         manager: "mcs-testapi".into(),
         dry_run: false,
+        strict: false,
     };
     store.create(&rt, None, crd.clone(), &wo).map(|_| ())
 }

@@ -28,8 +28,8 @@ impl Schema {
         Ok(Schema { inner, root })
     }
 
-    /// The `x-kubernetes-list-map-keys` of the list at `path`, if it is `x-kubernetes-list-type: map`.
-    pub fn list_map_keys(&self, path: &[Seg]) -> Option<Vec<String>> {
+    /// The schema node at `path` (through properties, additionalProperties and items).
+    fn node(&self, path: &[Seg]) -> Option<&Value> {
         let mut node = &self.root;
         for s in path {
             node = match s {
@@ -40,8 +40,23 @@ impl Schema {
                     }
                     None => return None,
                 },
-                Seg::K(_) => &node["items"],
+                Seg::K(_) | Seg::V(_) => &node["items"],
             };
+        }
+        Some(node)
+    }
+
+    /// The `x-kubernetes-list-map-keys` of the list at `path`, if it is
+    /// `x-kubernetes-list-type: map`; `Some(vec![])` when `path` is an atomic map
+    /// (`x-kubernetes-map-type: atomic`) and `Some(vec![SET])` when it is a set
+    /// (`x-kubernetes-list-type: set`), as [`crate::ssa`] expects.
+    pub fn list_map_keys(&self, path: &[Seg]) -> Option<Vec<String>> {
+        let node = self.node(path)?;
+        if node["x-kubernetes-map-type"] == "atomic" {
+            return Some(Vec::new());
+        }
+        if node["x-kubernetes-list-type"] == "set" {
+            return Some(vec![crate::ssa::SET.to_string()]);
         }
         if node["x-kubernetes-list-type"] != "map" {
             return None;
@@ -52,6 +67,25 @@ impl Schema {
             .filter_map(|k| k.as_str().map(str::to_string))
             .collect();
         (!keys.is_empty()).then_some(keys)
+    }
+
+    /// Whether the schema has CEL rules (`x-kubernetes-validations`) anywhere.
+    pub fn has_rules(&self) -> bool {
+        fn any(v: &Value) -> bool {
+            match v {
+                Value::Object(m) => {
+                    m.contains_key("x-kubernetes-validations") || m.values().any(any)
+                }
+                Value::Array(a) => a.iter().any(any),
+                _ => false,
+            }
+        }
+        any(&self.root)
+    }
+
+    /// Drop what the schema does not declare (as decoding does), nothing else.
+    pub fn prune(&self, obj: &mut Value) {
+        self.inner.prune(obj);
     }
 
     /// Default, prune and validate `obj` (the apiserver's order); `old` is the live object on

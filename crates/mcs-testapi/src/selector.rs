@@ -190,6 +190,14 @@ impl FieldSelector {
             for seg in path.split('.') {
                 cur = &cur[seg];
             }
+            // A core Event's `source` field label is its source component, or the
+            // reporting component when that is empty.
+            if path == "source" {
+                cur = match &obj["source"]["component"] {
+                    Value::String(s) if !s.is_empty() => &obj["source"]["component"],
+                    _ => &obj["reportingComponent"],
+                };
+            }
             let actual = match cur {
                 Value::String(s) => s.clone(),
                 Value::Null => String::new(),

@@ -4,7 +4,7 @@ use crate::error::{ApiError, ApiResult};
 use crate::faults::{FaultRequest, Faults};
 use crate::selector::{FieldSelector, LabelSelector};
 use crate::store::{DeleteOpts, ListOpts, PatchKind, Store, Sub, WatchOpts, WriteOpts};
-use crate::types::ResourceType;
+use crate::types::{self, ResourceType};
 use bytes::Bytes;
 use futures::SinkExt as _;
 use http::{Method, Request, Response, StatusCode, header};
@@ -56,6 +56,9 @@ fn json_resp(code: u16, v: &Value) -> Response<Body> {
 }
 
 fn err_resp(e: &ApiError) -> Response<Body> {
+    if e.is_page_not_found() {
+        return respond(404, "text/plain; charset=utf-8", "404 page not found\n");
+    }
     let mut r = json_resp(e.code, &e.to_status());
     if let Some(s) = e.retry_after
         && let Ok(v) = header::HeaderValue::from_str(&s.to_string())
@@ -162,6 +165,11 @@ async fn handle(ctx: Arc<Ctx>, req: Request<Incoming>) -> Response<Body> {
         .map(str::to_string)
         .collect();
     let segs: Vec<&str> = segs.iter().map(String::as_str).collect();
+    if req.method() == Method::GET
+        && let Some(resp) = openapi_v3(&ctx.store, &segs)
+    {
+        return resp;
+    }
     if req.method() == Method::GET {
         let accept = req
             .headers()
@@ -396,14 +404,105 @@ fn discovery(store: &Store, segs: &[&str], agg: bool) -> Option<Response<Body>> 
                 v["apiVersion"] = json!("v1");
                 json_resp(200, &v)
             }
-            _ => err_resp(&ApiError::path_not_found()),
+            _ => err_resp(&ApiError::page_not_found()),
         }),
         ["apis", g, v] => Some(match resource_list(&types, g, v) {
             Some(l) => json_resp(200, &l),
-            None => err_resp(&ApiError::path_not_found()),
+            None => err_resp(&ApiError::page_not_found()),
         }),
         _ => None,
     }
+}
+
+/// The OpenAPI v3 path of a served group version (`api/v1`, `apis/<group>/<version>`).
+fn openapi_gv_path(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        format!("api/{version}")
+    } else {
+        format!("apis/{group}/{version}")
+    }
+}
+
+/// A minimal OpenAPI v3 document for one group version: each kind's PATCH operation with
+/// its `x-kubernetes-group-version-kind` and the `fieldValidation` parameter. That is what
+/// kubectl reads to learn that the server validates fields itself (then it sends
+/// `fieldValidation=Strict` instead of validating on the client against full schemas, which
+/// this server does not publish).
+fn openapi_gv_doc(types: &[ResourceType], group: &str, version: &str) -> Option<Value> {
+    let mut paths = serde_json::Map::new();
+    for t in types
+        .iter()
+        .filter(|t| t.group == group && t.version == version)
+    {
+        let base = format!("/{}", openapi_gv_path(group, version));
+        let path = if t.namespaced {
+            format!("{base}/namespaces/{{namespace}}/{}/{{name}}", t.plural)
+        } else {
+            format!("{base}/{}/{{name}}", t.plural)
+        };
+        paths.insert(
+            path,
+            json!({"patch": {
+                "operationId": format!("patch{}", t.kind),
+                "x-kubernetes-action": "patch",
+                "x-kubernetes-group-version-kind": {"group": group, "version": version, "kind": t.kind},
+                "parameters": [{
+                    "name": "fieldValidation",
+                    "in": "query",
+                    "description": "fieldValidation instructs the server on how to handle objects in the request (POST/PUT/PATCH) containing unknown or duplicate fields: Ignore, Warn or Strict.",
+                    "schema": {"type": "string", "uniqueItems": true},
+                }],
+                "responses": {"200": {"description": "OK"}},
+            }}),
+        );
+    }
+    if paths.is_empty() {
+        return None;
+    }
+    Some(json!({
+        "openapi": "3.0.0",
+        "info": {"title": "Kubernetes", "version": "v1.36.0"},
+        "paths": paths,
+        "components": {"schemas": {}},
+    }))
+}
+
+/// `/openapi/v3` (the index of group versions) and `/openapi/v3/<group version>`.
+fn openapi_v3(store: &Store, segs: &[&str]) -> Option<Response<Body>> {
+    let ["openapi", "v3", rest @ ..] = segs else {
+        return None;
+    };
+    let types = store.types();
+    let mut gvs: Vec<(String, String)> = types
+        .iter()
+        .map(|t| (t.group.clone(), t.version.clone()))
+        .collect();
+    gvs.sort();
+    gvs.dedup();
+    if rest.is_empty() {
+        let mut paths = serde_json::Map::new();
+        for (g, v) in &gvs {
+            let doc = openapi_gv_doc(&types, g, v)?;
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            std::hash::Hash::hash(&doc.to_string(), &mut hasher);
+            let hash = format!("{:016X}", std::hash::Hasher::finish(&hasher));
+            let path = openapi_gv_path(g, v);
+            paths.insert(
+                path.clone(),
+                json!({"serverRelativeURL": format!("/openapi/v3/{path}?hash={hash}")}),
+            );
+        }
+        return Some(json_resp(200, &json!({ "paths": paths })));
+    }
+    let wanted = rest.join("/");
+    let doc = gvs
+        .iter()
+        .find(|(g, v)| openapi_gv_path(g, v) == wanted)
+        .and_then(|(g, v)| openapi_gv_doc(&types, g, v));
+    Some(match doc {
+        Some(d) => json_resp(200, &d),
+        None => err_resp(&ApiError::page_not_found()),
+    })
 }
 
 struct Route {
@@ -413,11 +512,26 @@ struct Route {
     sub: Option<String>,
 }
 
+/// Whether `group` is one of the built-in groups a real apiserver registers (it answers an
+/// unknown resource there with a `Status`; a CRD's group or an unknown group gets the plain
+/// `404 page not found`).
+fn builtin_group(group: &str) -> bool {
+    types::builtins().iter().any(|t| t.group == group)
+}
+
 fn route(store: &Store, segs: &[&str]) -> ApiResult<Route> {
     let (group, version, rest) = match segs {
-        ["api", v, rest @ ..] => ("", *v, rest),
+        ["api", v, rest @ ..] if *v == "v1" => ("", *v, rest),
+        ["api", ..] => return Err(ApiError::path_not_found()),
         ["apis", g, v, rest @ ..] => (*g, *v, rest),
-        _ => return Err(ApiError::path_not_found()),
+        _ => return Err(ApiError::page_not_found()),
+    };
+    let not_found = || {
+        if builtin_group(group) {
+            ApiError::path_not_found()
+        } else {
+            ApiError::page_not_found()
+        }
     };
     let (ns, rest) = if rest.len() >= 3
         && rest[0] == "namespaces"
@@ -431,21 +545,29 @@ fn route(store: &Store, segs: &[&str]) -> ApiResult<Route> {
         [p] => (*p, None, None),
         [p, n] => (*p, Some(n.to_string()), None),
         [p, n, s] => (*p, Some(n.to_string()), Some(s.to_string())),
-        _ => return Err(ApiError::path_not_found()),
+        _ => return Err(not_found()),
     };
     let rt = store
         .find_type(group, version, plural)
-        .ok_or_else(ApiError::path_not_found)?;
+        .ok_or_else(not_found)?;
     if ns.is_some() && !rt.namespaced {
-        return Err(ApiError::path_not_found());
+        return Err(not_found());
     }
     if name.is_some() && rt.namespaced && ns.is_none() {
-        return Err(ApiError::path_not_found());
+        return Err(not_found());
     }
     match sub.as_deref() {
         None => {}
         Some("status") if rt.status_subresource => {}
         Some("scale") if rt.scale.is_some() => {}
+        // The custom resource handler answers an unknown subresource as a missing object.
+        Some(_) if rt.custom => {
+            return Err(ApiError::not_found(
+                &rt.group,
+                &rt.plural,
+                name.as_deref().unwrap_or_default(),
+            ));
+        }
         Some(_) => return Err(ApiError::path_not_found()),
     }
     Ok(Route { rt, ns, name, sub })
@@ -513,9 +635,11 @@ async fn resource_request(
         .unwrap_or("unknown")
         .to_string();
     let dry_run = q.get("dryRun").is_some_and(|v| v == "All");
+    let strict = q.get("fieldValidation").is_some_and(|v| v == "Strict");
     let wo = WriteOpts {
         manager: nonempty(&q, "fieldManager").unwrap_or(user_agent),
         dry_run,
+        strict,
     };
     let sub = match r.sub.as_deref() {
         Some("status") => Sub::Status,
@@ -545,7 +669,18 @@ async fn resource_request(
         }
         "list" => {
             let lo = list_opts(rt, &q)?;
-            read_resp(ctx, rt, table, &q, ctx.store.list(rt, ns, &lo)?)
+            let mut list = ctx.store.list(rt, ns, &lo)?;
+            if !rt.custom && table.is_none() {
+                // Items of a built-in kind's list carry no apiVersion and kind (the typed
+                // list's items are encoded without them); custom resources' do.
+                for item in list["items"].as_array_mut().into_iter().flatten() {
+                    if let Some(m) = item.as_object_mut() {
+                        m.remove("apiVersion");
+                        m.remove("kind");
+                    }
+                }
+            }
+            read_resp(ctx, rt, table, &q, list)
         }
         "get" if is_scale => Ok(json_resp(200, &ctx.store.get_scale(rt, nsv, &name)?)),
         "get" => read_resp(ctx, rt, table, &q, ctx.store.get(rt, nsv, &name)?),
@@ -585,6 +720,7 @@ async fn resource_request(
                 WriteOpts {
                     manager: nonempty(&q, "fieldManager").unwrap_or_default(),
                     dry_run,
+                    strict,
                 }
             } else {
                 wo
@@ -603,9 +739,11 @@ async fn resource_request(
             let body = read_body(req).await?;
             let dopts = delete_opts(&q, &body)?;
             let obj = ctx.store.delete(rt, nsv, &name, &dopts)?;
-            let still_there = obj["metadata"]["deletionTimestamp"].is_string()
-                && ctx.store.get(rt, nsv, &name).is_ok();
-            if rt.custom || still_there || dopts.dry_run {
+            // An object that stays (finalizers) is returned; one that is gone is reported by a
+            // `Status`, built-in or custom alike (also for a dry run).
+            let stays = obj["metadata"]["deletionTimestamp"].is_string()
+                && (dopts.dry_run || ctx.store.get(rt, nsv, &name).is_ok());
+            if stays {
                 return Ok(json_resp(200, &obj));
             }
             let mut details =

@@ -3,7 +3,13 @@
 //! Field ownership is tracked per field path down through maps and through the items of
 //! associative lists (`x-kubernetes-list-type: map`, keyed by `x-kubernetes-list-map-keys`,
 //! and `metadata.ownerReferences` keyed by `uid`); every other list is atomic (owned as a
-//! whole, as with `x-kubernetes-list-type: atomic`).
+//! whole, as with `x-kubernetes-list-type: atomic`), and so are maps for which the list-keys
+//! function answers `Some(vec![])` (`x-kubernetes-map-type: atomic`, `ObjectReference`s).
+//! Sets (`x-kubernetes-list-type: set`, `metadata.finalizers`; the list-keys function
+//! answers `Some(vec![SET.into()])`) are owned per value (`v:"..."`) and merged as unions.
+//!
+//! As structured-merge-diff does, a non-apply write also owns the maps and associative lists
+//! it creates (`"."` in `FieldsV1`); an apply owns only its leaves and list items.
 
 use serde_json::{Map, Value, json};
 use std::collections::BTreeSet;
@@ -15,7 +21,12 @@ pub enum Seg {
     F(String),
     /// An item of an associative list, by its key fields as compact JSON (`k:{...}`).
     K(String),
+    /// A value of a set, as compact JSON (`v:"..."`).
+    V(String),
 }
+
+/// What the list-keys function answers for a set (`x-kubernetes-list-type: set`).
+pub const SET: &str = "<set>";
 
 /// A field path from the object's root.
 pub type FieldPath = Vec<Seg>;
@@ -62,7 +73,6 @@ const IGNORED_META: &[&str] = &[
     "deletionTimestamp",
     "deletionGracePeriodSeconds",
     "selfLink",
-    "generateName",
 ];
 
 fn field(p: &[Seg], i: usize) -> &str {
@@ -74,7 +84,7 @@ fn field(p: &[Seg], i: usize) -> &str {
 
 fn in_scope(path: &FieldPath, scope: Scope) -> bool {
     let first = field(path, 0);
-    if first == "apiVersion" || first == "kind" {
+    if first == "apiVersion" || first == "kind" || (first == "metadata" && path.len() == 1) {
         return false;
     }
     if first == "metadata" && IGNORED_META.contains(&field(path, 1)) {
@@ -98,20 +108,54 @@ fn item_key(item: &Value, keys: &[String]) -> Option<String> {
 
 /// The keys of the list at `path` if it is associative and every item carries its keys.
 fn assoc_keys(arr: &[Value], path: &[Seg], keys: ListKeys<'_>) -> Option<Vec<String>> {
-    let ks = keys(path)?;
+    let ks = keys(path).filter(|ks| !ks.is_empty())?;
     arr.iter().all(|i| item_key(i, &ks).is_some()).then_some(ks)
 }
 
-fn collect(v: &Value, prefix: &mut FieldPath, keys: ListKeys<'_>, out: &mut BTreeSet<FieldPath>) {
+/// Whether the list at `path` is a set of scalars.
+fn set_list(arr: &[Value], path: &[Seg], keys: ListKeys<'_>) -> bool {
+    keys(path).is_some_and(|ks| ks == [SET]) && arr.iter().all(|i| !i.is_object() && !i.is_array())
+}
+
+/// Whether the map at `path` is atomic (owned and replaced as a whole).
+fn atomic_map(path: &[Seg], keys: ListKeys<'_>) -> bool {
+    keys(path).is_some_and(|ks| ks.is_empty())
+}
+
+/// Whether the value at `path` of `v` is a node: a granular map or an associative list with
+/// something in it (not a leaf).
+fn is_node_in(v: &Value, path: &[Seg], keys: ListKeys<'_>) -> bool {
+    match value_at(v, path) {
+        Some(Value::Object(m)) => !m.is_empty() && !atomic_map(path, keys),
+        Some(Value::Array(a)) => {
+            !a.is_empty() && (assoc_keys(a, path, keys).is_some() || set_list(a, path, keys))
+        }
+        _ => false,
+    }
+}
+
+fn collect(
+    v: &Value,
+    prefix: &mut FieldPath,
+    keys: ListKeys<'_>,
+    nodes: bool,
+    out: &mut BTreeSet<FieldPath>,
+) {
     match v {
-        Value::Object(m) if !m.is_empty() => {
+        Value::Object(m) if !m.is_empty() && !atomic_map(prefix, keys) => {
+            if nodes && !prefix.is_empty() {
+                out.insert(prefix.clone());
+            }
             for (k, child) in m {
                 prefix.push(Seg::F(k.clone()));
-                collect(child, prefix, keys, out);
+                collect(child, prefix, keys, nodes, out);
                 prefix.pop();
             }
         }
         Value::Array(a) if !a.is_empty() && assoc_keys(a, prefix, keys).is_some() => {
+            if nodes {
+                out.insert(prefix.clone());
+            }
             let ks = assoc_keys(a, prefix, keys).unwrap_or_default();
             for item in a {
                 let Some(key) = item_key(item, &ks) else {
@@ -119,10 +163,22 @@ fn collect(v: &Value, prefix: &mut FieldPath, keys: ListKeys<'_>, out: &mut BTre
                 };
                 prefix.push(Seg::K(key));
                 out.insert(prefix.clone());
-                collect(item, prefix, keys, out);
+                collect(item, prefix, keys, nodes, out);
                 prefix.pop();
             }
         }
+        Value::Array(a) if !a.is_empty() && set_list(a, prefix, keys) => {
+            if nodes {
+                out.insert(prefix.clone());
+            }
+            for item in a {
+                prefix.push(Seg::V(item.to_string()));
+                out.insert(prefix.clone());
+                prefix.pop();
+            }
+        }
+        // An empty associative list or set owns nothing (it has no items to own).
+        Value::Array(a) if a.is_empty() && keys(prefix).is_some_and(|ks| !ks.is_empty()) => {}
         _ => {
             if !prefix.is_empty() {
                 out.insert(prefix.clone());
@@ -131,18 +187,40 @@ fn collect(v: &Value, prefix: &mut FieldPath, keys: ListKeys<'_>, out: &mut BTre
     }
 }
 
-/// The owned paths set in `v`, restricted to `scope`.
+/// The owned paths set in `v` (leaves and associative-list items), restricted to `scope`:
+/// what an apply configuration owns.
 pub fn leaf_paths(v: &Value, scope: Scope, keys: ListKeys<'_>) -> BTreeSet<FieldPath> {
     let mut out = BTreeSet::new();
-    collect(v, &mut Vec::new(), keys, &mut out);
+    collect(v, &mut Vec::new(), keys, false, &mut out);
     out.retain(|p| in_scope(p, scope));
     out
+}
+
+/// [`leaf_paths`] plus the nodes (granular maps and associative lists) that hold them.
+fn all_paths(v: &Value, keys: ListKeys<'_>) -> BTreeSet<FieldPath> {
+    let mut out = BTreeSet::new();
+    collect(v, &mut Vec::new(), keys, true, &mut out);
+    out.retain(|p| in_scope(p, Scope::All));
+    out
+}
+
+/// Whether `paths` holds a path below `p`.
+fn has_descendant(paths: &BTreeSet<FieldPath>, p: &FieldPath) -> bool {
+    paths
+        .range(p.clone()..)
+        .find(|q| *q != p)
+        .is_some_and(|q| q.starts_with(p))
 }
 
 fn find_item(arr: &[Value], key: &str) -> Option<usize> {
     let want: Map<String, Value> = serde_json::from_str(key).ok()?;
     arr.iter()
         .position(|i| want.iter().all(|(k, v)| i.get(k) == Some(v)))
+}
+
+fn find_value(arr: &[Value], value: &str) -> Option<usize> {
+    let want: Value = serde_json::from_str(value).ok()?;
+    arr.iter().position(|i| *i == want)
 }
 
 /// The value at `path`, if present.
@@ -154,6 +232,10 @@ pub fn value_at<'a>(v: &'a Value, path: &[Seg]) -> Option<&'a Value> {
             Seg::K(key) => {
                 let a = cur.as_array()?;
                 &a[find_item(a, key)?]
+            }
+            Seg::V(value) => {
+                let a = cur.as_array()?;
+                &a[find_value(a, value)?]
             }
         };
     }
@@ -172,6 +254,7 @@ fn remove_at(v: &mut Value, path: &[Seg]) {
                 let i = find_item(a, key)?;
                 a.get_mut(i)
             }),
+            Seg::V(_) => None,
         };
         match next {
             Some(n) => cur = n,
@@ -187,6 +270,13 @@ fn remove_at(v: &mut Value, path: &[Seg]) {
         Seg::K(key) => {
             if let Some(a) = cur.as_array_mut()
                 && let Some(i) = find_item(a, key)
+            {
+                a.remove(i);
+            }
+        }
+        Seg::V(value) => {
+            if let Some(a) = cur.as_array_mut()
+                && let Some(i) = find_value(a, value)
             {
                 a.remove(i);
             }
@@ -213,15 +303,15 @@ fn prune_empty_parents(object: &mut Value, removed: &[Seg], kept: &dyn Fn(&[Seg]
 }
 
 fn is_item(p: &[Seg]) -> bool {
-    matches!(p.last(), Some(Seg::K(_)))
+    matches!(p.last(), Some(Seg::K(_) | Seg::V(_)))
 }
 
-/// Whether `outer` holds the value at `inner` (a prefix that is neither an associative-list
-/// item nor the associative list itself).
+/// Whether `outer` holds the value at `inner` (a prefix that is neither a list item nor the
+/// associative list or set itself).
 fn holds(outer: &[Seg], inner: &[Seg]) -> bool {
     inner.starts_with(outer)
         && !is_item(outer)
-        && !matches!(inner.get(outer.len()), Some(Seg::K(_)))
+        && !matches!(inner.get(outer.len()), Some(Seg::K(_) | Seg::V(_)))
 }
 
 /// Whether two paths address overlapping values.
@@ -245,6 +335,7 @@ pub fn dotted(p: &[Seg]) -> String {
                 let parts: Vec<String> = m.iter().map(|(k, v)| format!("{k}={v}")).collect();
                 format!("[{}]", parts.join(","))
             }
+            Seg::V(value) => format!("[={value}]"),
         })
         .collect()
 }
@@ -253,6 +344,7 @@ fn seg_key(s: &Seg) -> String {
     match s {
         Seg::F(k) => format!("f:{k}"),
         Seg::K(k) => format!("k:{k}"),
+        Seg::V(v) => format!("v:{v}"),
     }
 }
 
@@ -277,11 +369,11 @@ fn insert_path(m: &mut Map<String, Value>, rest: &[Seg], item: bool) {
     }
 }
 
-/// Encode paths as `FieldsV1`.
+/// Encode paths as `FieldsV1` (`"."` marks an owned item or node that has owned children).
 pub fn to_fields_v1(paths: &BTreeSet<FieldPath>) -> Value {
     let mut root = Map::new();
     for p in paths {
-        insert_path(&mut root, p, is_item(p));
+        insert_path(&mut root, p, has_descendant(paths, p));
     }
     Value::Object(root)
 }
@@ -297,6 +389,8 @@ fn parse_v1(v: &Value, prefix: &mut FieldPath, out: &mut BTreeSet<FieldPath>) {
             Seg::F(name.to_string())
         } else if let Some(key) = k.strip_prefix("k:") {
             Seg::K(key.to_string())
+        } else if let Some(value) = k.strip_prefix("v:") {
+            Seg::V(value.to_string())
         } else {
             if k != "." && !prefix.is_empty() {
                 out.insert(prefix.clone());
@@ -333,20 +427,41 @@ pub fn entries_of(obj: &Value) -> Vec<Entry> {
         .collect()
 }
 
-/// Render entries as a `managedFields` array.
+/// Render entries as a `managedFields` array, in the apiserver's order: `Apply` before
+/// `Update`, then by time (an entry without one, as `/scale` writes make, first), manager,
+/// apiVersion and subresource.
 pub fn entries_to_value(entries: &[Entry]) -> Value {
+    let mut sorted: Vec<&Entry> = entries.iter().collect();
+    sorted.sort_by(|a, b| {
+        (
+            &a.operation,
+            &a.time,
+            &a.manager,
+            &a.api_version,
+            &a.subresource,
+        )
+            .cmp(&(
+                &b.operation,
+                &b.time,
+                &b.manager,
+                &b.api_version,
+                &b.subresource,
+            ))
+    });
     Value::Array(
-        entries
-            .iter()
+        sorted
+            .into_iter()
             .map(|e| {
                 let mut v = json!({
                     "manager": e.manager,
                     "operation": e.operation,
                     "apiVersion": e.api_version,
-                    "time": e.time,
                     "fieldsType": "FieldsV1",
                     "fieldsV1": to_fields_v1(&e.fields),
                 });
+                if !e.time.is_empty() {
+                    v["time"] = json!(e.time);
+                }
                 if !e.subresource.is_empty() {
                     v["subresource"] = json!(e.subresource);
                 }
@@ -377,14 +492,14 @@ pub fn track_update(
     new: &Value,
     a: &UpdateArgs<'_>,
 ) -> Vec<Entry> {
-    let new_paths = leaf_paths(new, Scope::All, a.keys);
-    let old_paths = old
-        .map(|o| leaf_paths(o, Scope::All, a.keys))
-        .unwrap_or_default();
+    let new_paths = all_paths(new, a.keys);
+    let old_paths = old.map(|o| all_paths(o, a.keys)).unwrap_or_default();
+    let node = |p: &FieldPath| has_descendant(&new_paths, p);
+    // Items and nodes are owned by whoever creates them; leaves by whoever changes them.
     let changed: BTreeSet<FieldPath> = new_paths
         .iter()
         .filter(|p| {
-            if is_item(p) {
+            if is_item(p) || node(p) {
                 !old_paths.contains(*p)
             } else {
                 old.and_then(|o| value_at(o, p)) != value_at(new, p)
@@ -392,12 +507,13 @@ pub fn track_update(
         })
         .cloned()
         .collect();
+    let changed_leaves: Vec<&FieldPath> =
+        changed.iter().filter(|c| !is_item(c) && !node(c)).collect();
     let removed: Vec<&FieldPath> = old_paths.difference(&new_paths).collect();
     for e in entries.iter_mut() {
         e.fields.retain(|f| {
-            !changed
-                .iter()
-                .any(|c| !is_item(c) && !is_item(f) && overlaps(c, f))
+            !changed.contains(f)
+                && (is_item(f) || node(f) || !changed_leaves.iter().any(|c| overlaps(c, f)))
                 && !removed.iter().any(|r| f.starts_with(r))
         });
     }
@@ -429,10 +545,44 @@ pub fn track_update(
 pub struct Conflict {
     /// The other manager.
     pub manager: String,
+    /// Its operation (`Apply` or `Update`).
+    pub operation: String,
+    /// Its subresource ("" for the main resource).
+    pub subresource: String,
     /// Its apiVersion.
     pub api_version: String,
     /// The contested field, e.g. `.spec.replicas`.
     pub field: String,
+    /// The contested field as a path.
+    pub path: FieldPath,
+}
+
+/// structured-merge-diff's iteration order of a field set: at each level the fields set
+/// there come before the ones further down, each group in element order.
+fn smd_order(a: &[Seg], b: &[Seg]) -> std::cmp::Ordering {
+    let k = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let member = |p: &[Seg]| p.len() == k + 1;
+    match (a.len() == k, b.len() == k) {
+        (true, true) => std::cmp::Ordering::Equal,
+        (true, false) => std::cmp::Ordering::Less,
+        (false, true) => std::cmp::Ordering::Greater,
+        (false, false) => member(b).cmp(&member(a)).then_with(|| a[k].cmp(&b[k])),
+    }
+}
+
+impl Conflict {
+    /// The other manager as the apiserver names it: `"m"` for an apply, `"m" using v1` for
+    /// an update, with ` with subresource "status"` after the name when it wrote one.
+    fn manager_text(&self) -> String {
+        let mut text = format!("{:?}", self.manager);
+        if !self.subresource.is_empty() {
+            text.push_str(&format!(" with subresource {:?}", self.subresource));
+        }
+        if self.operation == "Update" {
+            text.push_str(&format!(" using {}", self.api_version));
+        }
+        text
+    }
 }
 
 /// The result of a server-side apply: the merged object and its new managed fields.
@@ -463,9 +613,10 @@ pub struct ApplyArgs<'a> {
 }
 
 /// Merge an apply configuration into `live`: maps recursively, associative lists by key,
-/// everything else replaced; `null` removes a field.
+/// everything else (and atomic maps) replaced; `null` removes a field.
 fn merge(live: &mut Value, cfg: &Value, path: &mut FieldPath, keys: ListKeys<'_>) {
     match (live, cfg) {
+        (l @ Value::Object(_), Value::Object(_)) if atomic_map(path, keys) => *l = cfg.clone(),
         (Value::Object(l), Value::Object(c)) => {
             for (k, cv) in c {
                 if cv.is_null() {
@@ -500,6 +651,15 @@ fn merge(live: &mut Value, cfg: &Value, path: &mut FieldPath, keys: ListKeys<'_>
                 }
             }
         }
+        (Value::Array(l), Value::Array(c))
+            if set_list(c, path, keys) && set_list(l, path, keys) =>
+        {
+            for item in c {
+                if !l.contains(item) {
+                    l.push(item.clone());
+                }
+            }
+        }
         (l, c) => *l = c.clone(),
     }
 }
@@ -517,14 +677,22 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
         if mine(e) {
             continue;
         }
-        for q in e.fields.iter().filter(|q| !is_item(q)) {
+        // A map or list another manager created is not contested by setting what is in it.
+        for q in e
+            .fields
+            .iter()
+            .filter(|q| !is_item(q) && !is_node_in(live, q, a.keys))
+        {
             for p in applied_set.iter().filter(|p| !is_item(p)) {
                 if overlaps(p, q) && value_at(config, p) != value_at(live, p) {
                     let field = if q.len() >= p.len() { q } else { p };
                     conflicts.push(Conflict {
                         manager: e.manager.clone(),
+                        operation: e.operation.clone(),
+                        subresource: e.subresource.clone(),
                         api_version: e.api_version.clone(),
                         field: dotted(field),
+                        path: field.clone(),
                     });
                     stolen.push((i, q.clone()));
                     break;
@@ -555,14 +723,17 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
     }
     let mut object = live.clone();
     merge(&mut object, &patch, &mut Vec::new(), a.keys);
+    let object_before = object.clone();
     let mut gone: Vec<&FieldPath> = previous.difference(&applied_set).collect();
     gone.sort_by_key(|p| p.len());
+    // Owning a map someone created does not keep the fields in it.
     let kept = |r: &[Seg]| {
         applied_set.iter().any(|p| affected(p, r))
-            || entries
-                .iter()
-                .filter(|e| !mine(e))
-                .any(|e| e.fields.iter().any(|f| affected(f, r)))
+            || entries.iter().filter(|e| !mine(e)).any(|e| {
+                e.fields.iter().any(|f| {
+                    f.starts_with(r) || (holds(f, r) && !is_node_in(&object_before, f, a.keys))
+                })
+            })
     };
     for r in gone {
         if kept(r) {
@@ -571,10 +742,24 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
         remove_at(&mut object, r);
         prune_empty_parents(&mut object, r, &kept);
     }
+    // As the apiserver: an apply that changes nothing in the object records no new time
+    // (a new manager's entry then has none).
+    let strip = |v: &Value| {
+        let mut v = v.clone();
+        if let Some(m) = v.get_mut("metadata").and_then(Value::as_object_mut) {
+            m.remove("managedFields");
+        }
+        v
+    };
+    let now = if strip(&object) == strip(live) {
+        ""
+    } else {
+        a.now
+    };
     match entries.iter().position(mine) {
         Some(i) => {
-            if entries[i].fields != applied_set {
-                entries[i].time = a.now.to_string();
+            if !now.is_empty() {
+                entries[i].time = now.to_string();
             }
             entries[i].fields = applied_set;
             entries[i].api_version = a.api_version.to_string();
@@ -583,7 +768,7 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
             manager: a.manager.into(),
             operation: "Apply".into(),
             api_version: a.api_version.into(),
-            time: a.now.into(),
+            time: now.into(),
             subresource: a.subresource.into(),
             fields: applied_set,
         }),
@@ -592,25 +777,28 @@ pub fn apply(live: &Value, config: &Value, a: &ApplyArgs<'_>) -> Result<Applied,
     Ok(Applied { object, entries })
 }
 
-/// The 409 `Status` for apply conflicts, in the apiserver's wording.
+/// The 409 `Status` for apply conflicts, in the apiserver's wording: one conflict inline,
+/// several grouped by manager (managers sorted, `- path` lines).
 pub fn conflict_status(conflicts: &[Conflict]) -> crate::error::ApiError {
     let n = conflicts.len();
     let message = if n == 1 {
         let c = &conflicts[0];
         format!(
-            "Apply failed with 1 conflict: conflict with \"{}\" using {}: {}",
-            c.manager, c.api_version, c.field
+            "Apply failed with 1 conflict: conflict with {}: {}",
+            c.manager_text(),
+            c.field
         )
     } else {
-        let lines: Vec<String> = conflicts
-            .iter()
-            .map(|c| {
-                format!(
-                    "conflict with \"{}\" using {}: {}",
-                    c.manager, c.api_version, c.field
-                )
-            })
-            .collect();
+        let mut by_manager: std::collections::BTreeMap<String, Vec<&Conflict>> = Default::default();
+        for c in conflicts {
+            by_manager.entry(c.manager_text()).or_default().push(c);
+        }
+        let mut lines = Vec::new();
+        for (manager, mut cs) in by_manager {
+            cs.sort_by(|a, b| smd_order(&a.path, &b.path));
+            lines.push(format!("conflicts with {manager}:"));
+            lines.extend(cs.into_iter().map(|c| format!("- {}", c.field)));
+        }
         format!("Apply failed with {n} conflicts: {}", lines.join("\n"))
     };
     let causes: Vec<Value> = conflicts
@@ -618,7 +806,7 @@ pub fn conflict_status(conflicts: &[Conflict]) -> crate::error::ApiError {
         .map(|c| {
             json!({
                 "reason": "FieldManagerConflict",
-                "message": format!("conflict with \"{}\" using {}", c.manager, c.api_version),
+                "message": format!("conflict with {}", c.manager_text()),
                 "field": c.field,
             })
         })

@@ -57,6 +57,9 @@ pub enum Sub {
     Main,
     /// The `/status` subresource.
     Status,
+    /// The `/scale` subresource: writes the main resource (its replicas), recorded in
+    /// `managedFields` under the subresource `scale`.
+    Scale,
 }
 
 impl Sub {
@@ -64,6 +67,7 @@ impl Sub {
         match self {
             Sub::Main => "",
             Sub::Status => "status",
+            Sub::Scale => "scale",
         }
     }
 }
@@ -107,6 +111,8 @@ pub struct WriteOpts {
     pub manager: String,
     /// `dryRun=All`.
     pub dry_run: bool,
+    /// `fieldValidation=Strict`: unknown fields fail the write instead of being dropped.
+    pub strict: bool,
 }
 
 /// Options of a delete request.
@@ -176,6 +182,7 @@ impl WatchFilter {
     fn event(&self, etype: &str, obj: &Value) -> Value {
         let mut o = obj.clone();
         o["apiVersion"] = json!(self.api_version);
+        go_zero_fields(&self.key, &mut o);
         json!({ "type": etype, "object": o })
     }
 
@@ -190,7 +197,13 @@ impl WatchFilter {
             return match (before, now) {
                 (true, true) => Some(self.event("MODIFIED", &ch.object)),
                 (false, true) => Some(self.event("ADDED", &ch.object)),
-                (true, false) => Some(self.event("DELETED", &ch.object)),
+                // As the apiserver's watch cache: the object that leaves the selection is
+                // reported as it last matched, with the resourceVersion of the change.
+                (true, false) => {
+                    let mut last = ch.old.clone().unwrap_or_else(|| ch.object.clone());
+                    meta_mut(&mut last).insert("resourceVersion".into(), json!(ch.rv.to_string()));
+                    Some(self.event("DELETED", &last))
+                }
                 (false, false) => None,
             };
         }
@@ -243,20 +256,122 @@ fn uid_of(obj: &Value) -> &str {
 fn present(rt: &ResourceType, obj: &Value) -> Value {
     let mut o = obj.clone();
     o["apiVersion"] = json!(rt.api_version());
+    go_zero_fields(&rt.key(), &mut o);
     o
 }
 
-fn dns_subdomain(s: &str) -> bool {
+/// The fields a real apiserver always writes for the built-in Event kinds because Go's JSON
+/// encoding has no `omitempty` for them (zero timestamps are `null`, structs `{}`), added
+/// to every response. They are not stored, so they never show up in `managedFields`.
+fn go_zero_fields(key: &TypeKey, obj: &mut Value) {
+    let defaults: &[(&str, Value)] = match (key.0.as_str(), key.1.as_str()) {
+        ("", "events") => &[
+            ("involvedObject", json!({})),
+            ("source", json!({})),
+            ("firstTimestamp", Value::Null),
+            ("lastTimestamp", Value::Null),
+            ("eventTime", Value::Null),
+            ("reportingComponent", json!("")),
+            ("reportingInstance", json!("")),
+        ],
+        ("events.k8s.io", "events") => &[
+            ("eventTime", Value::Null),
+            ("regarding", json!({})),
+            ("deprecatedSource", json!({})),
+            ("deprecatedFirstTimestamp", Value::Null),
+            ("deprecatedLastTimestamp", Value::Null),
+        ],
+        _ => return,
+    };
+    if let Some(m) = obj.as_object_mut() {
+        for (k, v) in defaults {
+            m.entry(k.to_string()).or_insert_with(|| v.clone());
+        }
+    }
+}
+
+/// Make the maps that a built-in kind's Go type always has (struct fields that are no
+/// pointers) exist in `obj`, for `managedFields` tracking: a write that fills them does not
+/// create them, so it owns no `"."` for them, as with a real apiserver.
+fn struct_nodes(key: &TypeKey, obj: &mut Value) {
+    let paths: &[&[&str]] = match (key.0.as_str(), key.1.as_str()) {
+        ("", "namespaces") => &[&["spec"], &["status"]],
+        ("", "events") => &[&["involvedObject"], &["source"]],
+        ("events.k8s.io", "events") => &[&["regarding"], &["deprecatedSource"]],
+        ("coordination.k8s.io", "leases") => &[&["spec"]],
+        (CRD_GROUP, CRD_PLURAL) => &[
+            &["spec"],
+            &["spec", "names"],
+            &["status"],
+            &["status", "acceptedNames"],
+        ],
+        _ => return,
+    };
+    for path in paths {
+        let mut cur = &mut *obj;
+        for k in *path {
+            if !cur.is_object() {
+                break;
+            }
+            if !cur[*k].is_object() {
+                cur[*k] = json!({});
+            }
+            cur = &mut cur[*k];
+        }
+    }
+}
+
+/// One DNS label (RFC 1123): `[a-z0-9]([-a-z0-9]*[a-z0-9])?`.
+fn dns_label_chars(s: &str) -> bool {
     !s.is_empty()
-        && s.len() <= 253
         && s.chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '.')
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
         && s.starts_with(|c: char| c.is_ascii_alphanumeric())
         && s.ends_with(|c: char| c.is_ascii_alphanumeric())
 }
 
-fn dns_label(s: &str) -> bool {
-    dns_subdomain(s) && s.len() <= 63 && !s.contains('.')
+/// The apiserver's errors for an object name (`metadata.name`): a DNS subdomain, or a DNS
+/// label for namespaces; empty when the name is valid. Worded as `k8s.io/apimachinery`'s
+/// `IsDNS1123Subdomain` / `IsDNS1123Label`: a length error and a pattern error can both
+/// apply.
+fn name_errors(name: &str, label: bool) -> Vec<String> {
+    let mut errs = Vec::new();
+    if label {
+        if name.len() > 63 {
+            errs.push("must be no more than 63 characters".to_string());
+        }
+        if !dns_label_chars(name) {
+            errs.push("a lowercase RFC 1123 label must consist of lower case alphanumeric characters or '-', and must start and end with an alphanumeric character (e.g. 'my-name',  or '123-abc', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?')".to_string());
+        }
+    } else {
+        if name.len() > 253 {
+            errs.push("must be no more than 253 characters".to_string());
+        }
+        if !name.split('.').all(dns_label_chars) {
+            errs.push("a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character (e.g. 'example.com', regex used for validation is '[a-z0-9]([-a-z0-9]*[a-z0-9])?(\\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*')".to_string());
+        }
+    }
+    errs
+}
+
+/// Go's JSON encoding never writes an integral number as `1.0`: numbers with no fraction
+/// become integers (as a real apiserver stores and returns them).
+fn integral_numbers(v: &mut Value) {
+    match v {
+        Value::Number(n) => {
+            if let Some(f) = n.as_f64()
+                && !n.is_i64()
+                && !n.is_u64()
+                && f.fract() == 0.0
+                && f.abs() < 9.0e15
+            {
+                *v = json!(f as i64);
+            }
+        }
+        Value::Array(a) => a.iter_mut().for_each(integral_numbers),
+        Value::Object(m) => m.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 fn random_suffix() -> String {
@@ -291,7 +406,9 @@ fn set_path(v: &mut Value, p: &str, val: Value) {
     *cur = val;
 }
 
-/// The key fields of the associative list at `path` (schema-declared, or ownerReferences).
+/// The key fields of the associative list at `path` (schema-declared, or ownerReferences);
+/// `Some(vec![])` for an atomic map (schema-declared, or the built-in Events'
+/// `ObjectReference`s).
 fn list_keys(rt: &ResourceType, path: &[ssa::Seg]) -> Option<Vec<String>> {
     use ssa::Seg::F;
     if let [F(m), F(o)] = path
@@ -299,6 +416,30 @@ fn list_keys(rt: &ResourceType, path: &[ssa::Seg]) -> Option<Vec<String>> {
         && o == "ownerReferences"
     {
         return Some(vec!["uid".to_string()]);
+    }
+    if let [F(m), F(f)] = path
+        && m == "metadata"
+        && f == "finalizers"
+    {
+        return Some(vec![ssa::SET.to_string()]);
+    }
+    // Owner references are atomic structs: an item is owned as a whole.
+    if let [F(m), F(o), ssa::Seg::K(_)] = path
+        && m == "metadata"
+        && o == "ownerReferences"
+    {
+        return Some(Vec::new());
+    }
+    if let [F(field)] = path {
+        let atomic = match (rt.group.as_str(), rt.kind.as_str()) {
+            ("", "Event") => ["involvedObject", "related"].contains(&field.as_str()),
+            ("events.k8s.io", "Event") => ["regarding", "related"].contains(&field.as_str()),
+            ("apps", "ControllerRevision") => field == "data",
+            _ => false,
+        };
+        if atomic {
+            return Some(Vec::new());
+        }
     }
     rt.schema.as_ref()?.list_map_keys(path)
 }
@@ -354,6 +495,7 @@ fn roundtrip<T: DeserializeOwned + Serialize>(obj: &mut Value, kind: &str) -> Ap
 fn normalize(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
     normalize_typed(rt, obj)?;
     drop_empty_meta(obj);
+    integral_numbers(obj);
     Ok(())
 }
 
@@ -412,6 +554,9 @@ fn normalize_typed(rt: &ResourceType, obj: &mut Value) -> ApiResult<()> {
                         json!(base64::engine::general_purpose::STANDARD.encode(s.as_bytes()));
                 }
             }
+            if obj["type"].as_str().is_none_or(str::is_empty) {
+                obj["type"] = json!("Opaque");
+            }
             roundtrip::<api::core::v1::Secret>(obj, kind)
         }
         ("", "ConfigMap") => roundtrip::<api::core::v1::ConfigMap>(obj, kind),
@@ -456,8 +601,255 @@ fn builtin_update_rules(rt: &ResourceType, old: &Value, new: &Value, name: &str)
         ("apps", "ControllerRevision") if old.get("data") != new.get("data") => {
             immutable("data", "field is immutable")
         }
+        ("events.k8s.io", "Event") => {
+            // Through events.k8s.io only the series (and metadata) may change; the errors
+            // name the core Event's fields, in the apiserver's order (reason twice).
+            let fields = [
+                ("regarding", "involvedObject"),
+                ("reason", "reason"),
+                ("note", "message"),
+                ("deprecatedSource", "source"),
+                ("deprecatedFirstTimestamp", "firstTimestamp"),
+                ("deprecatedLastTimestamp", "lastTimestamp"),
+                ("deprecatedCount", "count"),
+                ("reason", "reason"),
+                ("type", "type"),
+                ("eventTime", "eventTime"),
+                ("action", "action"),
+                ("related", "related"),
+                ("reportingController", "reportingController"),
+                ("reportingInstance", "reportingInstance"),
+            ];
+            // Absent, null and empty are the same zero value of the Go field.
+            let set = |v: Option<&Value>| {
+                v.filter(|v| {
+                    !v.is_null()
+                        && v.as_object().is_none_or(|m| !m.is_empty())
+                        && v.as_str().is_none_or(|s| !s.is_empty())
+                })
+                .cloned()
+            };
+            let causes: Vec<(String, String)> = fields
+                .iter()
+                .filter(|(f, _)| set(old.get(*f)) != set(new.get(*f)))
+                .map(|(f, core)| {
+                    let value = match &new[*f] {
+                        Value::String(s) => format!("{s:?}"),
+                        other => other.to_string(),
+                    };
+                    (
+                        core.to_string(),
+                        format!("Invalid value: {value}: field is immutable"),
+                    )
+                })
+                .collect();
+            if causes.is_empty() {
+                Ok(())
+            } else {
+                Err(ApiError::invalid("", &rt.kind, name, &causes))
+            }
+        }
         _ => Ok(()),
     }
+}
+
+/// The apiextensions defaults of a CRD: `names.singular` and `names.listKind` from the kind,
+/// `conversion.strategy: None`.
+fn crd_defaults(crd: &mut Value) {
+    let kind = crd["spec"]["names"]["kind"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let names = &mut crd["spec"]["names"];
+    if names.is_object() {
+        if names["singular"].as_str().is_none_or(str::is_empty) {
+            names["singular"] = json!(kind.to_lowercase());
+        }
+        if names["listKind"].as_str().is_none_or(str::is_empty) {
+            names["listKind"] = json!(format!("{kind}List"));
+        }
+    }
+    if crd["spec"].is_object() && !crd["spec"]["conversion"].is_object() {
+        crd["spec"]["conversion"] = json!({ "strategy": "None" });
+    }
+}
+
+/// The status a CRD gets from the apiserver: names accepted and Established (kept with their
+/// transition times while the names stay), the stored versions (only ever added to).
+fn crd_status(old: Option<&Value>, crd: &Value, now: &str) -> Value {
+    let old_status = old.map(|o| &o["status"]).unwrap_or(&Value::Null);
+    let names = crd["spec"]["names"].clone();
+    let conditions = match old_status["conditions"].as_array() {
+        Some(c) if old_status["acceptedNames"] == names && !c.is_empty() => json!(c),
+        _ => json!([
+            {"type": "NamesAccepted", "status": "True", "lastTransitionTime": now, "reason": "NoConflicts", "message": "no conflicts found"},
+            {"type": "Established", "status": "True", "lastTransitionTime": now, "reason": "InitialNamesAccepted", "message": "the initial names have been accepted"},
+        ]),
+    };
+    let mut stored: Vec<Value> = old_status["storedVersions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    for v in crd["spec"]["versions"].as_array().into_iter().flatten() {
+        if v["storage"].as_bool() == Some(true) && !stored.contains(&v["name"]) {
+            stored.push(v["name"].clone());
+        }
+    }
+    json!({ "conditions": conditions, "acceptedNames": names, "storedVersions": stored })
+}
+
+/// The `managedFields` entry of the apiserver's own status writes to a CRD (`kube-apiserver`,
+/// `Update` on `status`: the accepted names and the conditions).
+fn crd_status_entry(entries: &mut Vec<ssa::Entry>, crd: &Value, now: &str) {
+    let shown = json!({ "status": {
+        "acceptedNames": crd["status"]["acceptedNames"],
+        "conditions": crd["status"]["conditions"],
+    }});
+    let keys = |p: &[ssa::Seg]| {
+        matches!(p, [ssa::Seg::F(s), ssa::Seg::F(c)] if s == "status" && c == "conditions")
+            .then(|| vec!["type".to_string()])
+    };
+    let fields = ssa::leaf_paths(&shown, ssa::Scope::All, &keys);
+    let mine = |e: &ssa::Entry| {
+        e.manager == "kube-apiserver" && e.operation == "Update" && e.subresource == "status"
+    };
+    match entries.iter_mut().find(|e| mine(e)) {
+        Some(e) if e.fields == fields => {}
+        Some(e) => {
+            e.fields = fields;
+            e.time = now.to_string();
+        }
+        None => entries.push(ssa::Entry {
+            manager: "kube-apiserver".into(),
+            operation: "Update".into(),
+            api_version: format!("{CRD_GROUP}/v1"),
+            time: now.to_string(),
+            subresource: "status".into(),
+            fields,
+        }),
+    }
+}
+
+/// The fields of `before` that `after` lost (`spec.a`, `spec.list[0].b`); `null`s do not
+/// count.
+fn lost_fields(before: &Value, after: &Value, prefix: &str, out: &mut Vec<String>) {
+    match (before, after) {
+        (Value::Object(b), Value::Object(a)) => {
+            for (k, bv) in b {
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                match a.get(k) {
+                    None if !bv.is_null() => out.push(p),
+                    None => {}
+                    Some(av) => lost_fields(bv, av, &p, out),
+                }
+            }
+        }
+        (Value::Array(b), Value::Array(a)) if b.len() == a.len() => {
+            for (i, (bv, av)) in b.iter().zip(a).enumerate() {
+                lost_fields(bv, av, &format!("{prefix}[{i}]"), out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// The fields of `obj` that its kind does not declare (what decoding drops: pruning for
+/// custom resources, the Go type for built-ins), `metadata`'s first.
+pub(crate) fn unknown_fields(rt: &ResourceType, obj: &Value) -> Vec<String> {
+    let mut before = obj.clone();
+    if rt.group.is_empty()
+        && rt.kind == "Secret"
+        && let Some(m) = before.as_object_mut()
+    {
+        m.remove("stringData");
+    }
+    let mut known = before.clone();
+    match &rt.schema {
+        Some(schema) => schema.prune(&mut known),
+        None => {
+            if normalize_typed(rt, &mut known).is_err() {
+                return Vec::new();
+            }
+        }
+    }
+    let mut out = Vec::new();
+    lost_fields(&before, &known, "", &mut out);
+    if rt.custom {
+        // The custom resource decoder reports `metadata`'s first; the built-in types'
+        // decoding goes through the document in order.
+        out.sort_by_key(|p| !p.starts_with("metadata."));
+    }
+    out
+}
+
+/// The 400 of `fieldValidation=Strict` for a create or replace body with unknown fields.
+fn strict_decoding_error(rt: &ResourceType, unknown: &[String]) -> ApiError {
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    ApiError::bad_request(format!(
+        "{kind} in version {version:?} cannot be handled as a {kind}: strict decoding error: {}",
+        list.join(", "),
+        kind = rt.kind,
+        version = rt.version,
+    ))
+}
+
+/// The 422 of `fieldValidation=Strict` for a merge or JSON patch whose result has unknown
+/// fields (the apiserver quotes the patched object).
+fn strict_patch_error(patched: &Value, unknown: &[String]) -> ApiError {
+    let list: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field {f:?}"))
+        .collect();
+    ApiError::invalid(
+        "",
+        "",
+        "",
+        &[(
+            "patch".into(),
+            format!(
+                "Invalid value: {:?}: strict decoding error: {}",
+                patched.to_string(),
+                list.join(", ")
+            ),
+        )],
+    )
+}
+
+/// The 500 of an apply configuration with fields its kind does not declare.
+fn typed_patch_error(
+    rt: &ResourceType,
+    config: &Value,
+    name: &str,
+    unknown: &[String],
+) -> ApiError {
+    let mut errs: Vec<String> = unknown
+        .iter()
+        .map(|f| format!(".{f}: field not declared in schema"))
+        .collect();
+    errs.sort();
+    let what = if errs.len() == 1 {
+        errs[0].clone()
+    } else {
+        format!("errors:\n  {}", errs.join("\n  "))
+    };
+    ApiError::new(
+        500,
+        "",
+        format!(
+            "failed to create typed patch object ({}/{name}; {}/{}, Kind={}): {what}",
+            config["metadata"]["namespace"].as_str().unwrap_or_default(),
+            rt.group,
+            rt.version,
+            rt.kind
+        ),
+    )
 }
 
 fn encode_continue(rv: u64, key: &ObjKey) -> String {
@@ -594,7 +986,13 @@ impl Inner {
         if let Some(t) = new_types.first() {
             let (g, p) = (t.group.clone(), t.plural.clone());
             self.types.retain(|x| !(x.group == g && x.plural == p));
-            self.buckets.entry((g, p)).or_default();
+            // A new kind's watch history starts now, as the apiserver's watch cache for it
+            // does: a watch from an older resourceVersion gets 410 Gone.
+            let rv = self.rv;
+            self.buckets.entry((g, p)).or_insert_with(|| Bucket {
+                evicted_upto: rv,
+                ..Bucket::default()
+            });
         }
         self.types.extend(new_types);
     }
@@ -660,9 +1058,6 @@ impl Inner {
                 {
                     o.remove("status");
                 }
-                if rt.group.is_empty() && rt.kind == "Namespace" {
-                    obj["status"] = json!({ "phase": "Active" });
-                }
             }
             Some(old) => {
                 let om = &old["metadata"];
@@ -685,7 +1080,7 @@ impl Inner {
                 m.remove("resourceVersion");
                 m.remove("selfLink");
                 match sub {
-                    Sub::Main => {
+                    Sub::Main | Sub::Scale => {
                         if rt.status_subresource {
                             match old.get("status") {
                                 Some(s) => obj["status"] = s.clone(),
@@ -711,15 +1106,26 @@ impl Inner {
                 }
                 if deleting(old) {
                     let before: BTreeSet<String> = finalizers(old).into_iter().collect();
-                    if finalizers(&obj).iter().any(|f| !before.contains(f)) {
+                    let added: BTreeSet<String> = finalizers(&obj)
+                        .into_iter()
+                        .filter(|f| !before.contains(f))
+                        .collect();
+                    if !added.is_empty() {
+                        let list: Vec<String> = added.iter().map(|f| format!("{f:?}")).collect();
+                        let cause = (
+                            "metadata.finalizers".to_string(),
+                            format!(
+                                "Forbidden: no new finalizers can be added if the object is being deleted, found new finalizers []string{{{}}}",
+                                list.join(", ")
+                            ),
+                        );
+                        // The apiserver validates object metadata twice on update (the
+                        // strategy and the generic store), so the cause is listed twice.
                         return Err(ApiError::invalid(
                             &rt.group,
                             &rt.kind,
                             name,
-                            &[(
-                                "metadata.finalizers".into(),
-                                "Forbidden: no new finalizers can be added if the object is being deleted".into(),
-                            )],
+                            &[cause.clone(), cause],
                         ));
                     }
                 }
@@ -727,6 +1133,31 @@ impl Inner {
         }
         obj["apiVersion"] = json!(rt.api_version());
         obj["kind"] = json!(rt.kind);
+        let is_namespace = rt.group.is_empty() && rt.kind == "Namespace";
+        if is_namespace {
+            // The namespace strategy keeps this label equal to the name (recorded as set by
+            // the writer); spec.finalizers and status are the server's (see below).
+            let m = meta_mut(&mut obj);
+            if !m.get("labels").is_some_and(Value::is_object) {
+                m.insert("labels".into(), json!({}));
+            }
+            m["labels"]["kubernetes.io/metadata.name"] = json!(name);
+            match old {
+                Some(o) => match o.get("spec") {
+                    Some(spec) => obj["spec"] = spec.clone(),
+                    None => {
+                        if let Some(m) = obj.as_object_mut() {
+                            m.remove("spec");
+                        }
+                    }
+                },
+                None => {
+                    if let Some(m) = obj.as_object_mut() {
+                        m.remove("spec");
+                    }
+                }
+            }
+        }
         normalize(rt, &mut obj)?;
         if let Some(o) = old {
             builtin_update_rules(rt, o, &obj, name)?;
@@ -737,15 +1168,13 @@ impl Inner {
         }
         obj["apiVersion"] = json!(storage_api_version);
         let is_crd = key.0 == CRD_GROUP && key.1 == CRD_PLURAL;
+        let crd_status = if is_crd {
+            crd_defaults(&mut obj);
+            Some(crd_status(old, &obj, &now))
+        } else {
+            None
+        };
         let crd_types = if is_crd {
-            obj["status"] = json!({
-                "conditions": [
-                    {"type": "NamesAccepted", "status": "True", "reason": "NoConflicts", "message": "no conflicts found", "lastTransitionTime": now},
-                    {"type": "Established", "status": "True", "reason": "InitialNamesAccepted", "message": "the initial names have been accepted", "lastTransitionTime": now},
-                ],
-                "acceptedNames": obj["spec"]["names"].clone(),
-                "storedVersions": obj["spec"]["versions"].as_array().map(|vs| vs.iter().filter(|v| v["storage"].as_bool() == Some(true)).map(|v| v["name"].clone()).collect::<Vec<_>>()).unwrap_or_default(),
-            });
             let ts = types::from_crd(&obj)?;
             if let Some(o) = old
                 && (o["spec"]["group"] != obj["spec"]["group"]
@@ -780,7 +1209,7 @@ impl Inner {
             meta_mut(&mut obj).insert("generation".into(), json!(generation));
         }
         let old_entries = old.map(ssa::entries_of).unwrap_or_default();
-        let entries = match managed {
+        let mut entries = match managed {
             Some(e) => e,
             None => {
                 let base = match &body_managed {
@@ -790,16 +1219,40 @@ impl Inner {
                     _ => old_entries.clone(),
                 };
                 let keys = |p: &[ssa::Seg]| list_keys(rt, p);
+                // Writes through /scale are recorded without a time, as the apiserver does.
                 let args = ssa::UpdateArgs {
                     manager,
                     api_version: &rt.api_version(),
                     subresource: sub.name(),
-                    now: &now,
+                    now: if sub == Sub::Scale { "" } else { &now },
                     keys: &keys,
                 };
-                ssa::track_update(base, old.map(strip_volatile).as_ref(), &obj, &args)
+                // A CRD's status is the server's: not the writer's fields. Fields the Go
+                // types always carry exist before any write (a new object starts from them).
+                let tracked = |v: &Value| {
+                    let mut v = strip_volatile(v);
+                    if is_crd && let Some(m) = v.as_object_mut() {
+                        m.remove("status");
+                    }
+                    go_zero_fields(&key, &mut v);
+                    struct_nodes(&key, &mut v);
+                    v
+                };
+                let old_tracked = match old {
+                    Some(o) => Some(tracked(o)),
+                    None => Some(tracked(&json!({}))).filter(|z| z != &json!({})),
+                };
+                ssa::track_update(base, old_tracked.as_ref(), &tracked(&obj), &args)
             }
         };
+        if let Some(status) = crd_status {
+            obj["status"] = status;
+            crd_status_entry(&mut entries, &obj, &now);
+        }
+        if is_namespace && old.is_none() {
+            obj["spec"] = json!({ "finalizers": ["kubernetes"] });
+            obj["status"] = json!({ "phase": "Active" });
+        }
         if let Some(o) = old
             && strip_volatile(o) == strip_volatile(&obj)
             && ownership(&entries) == ownership(&old_entries)
@@ -854,15 +1307,16 @@ impl Inner {
             .obj(&key, ns, name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        // Checked as the apiserver's BeforeDelete does: the conflict names the kind.
         if let Some(uid) = &o.uid
             && uid != uid_of(&old)
         {
             return Err(ApiError::conflict_msg(
                 &rt.group,
-                &rt.plural,
+                &rt.kind,
                 name,
                 &format!(
-                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    "the UID in the precondition ({uid}) does not match the UID in record ({}). The object might have been deleted and then recreated",
                     uid_of(&old)
                 ),
             ));
@@ -872,10 +1326,10 @@ impl Inner {
         {
             return Err(ApiError::conflict_msg(
                 &rt.group,
-                &rt.plural,
+                &rt.kind,
                 name,
                 &format!(
-                    "Precondition failed: ResourceVersion in precondition: {rv}, ResourceVersion in object meta: {}",
+                    "the ResourceVersion in the precondition ({rv}) does not match the ResourceVersion in record ({}). The object might have been modified",
                     rv_of(&old).unwrap_or_default()
                 ),
             ));
@@ -1123,7 +1577,11 @@ impl Store {
                     &rt,
                     None,
                     json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}}),
-                    &WriteOpts::default(),
+                    &WriteOpts {
+                        manager: "kube-apiserver".into(),
+                        dry_run: false,
+                        strict: false,
+                    },
                 );
             }
         }
@@ -1222,11 +1680,18 @@ impl Store {
             }
         }
         let mut meta = json!({ "resourceVersion": list_rv.to_string() });
+        if rt.custom {
+            // Lists of custom resources always carry `continue` (empty on the last page).
+            meta["continue"] = json!("");
+        }
         if remaining > 0
             && let Some(l) = &last
         {
             meta["continue"] = json!(encode_continue(list_rv, l));
-            meta["remainingItemCount"] = json!(remaining);
+            // The count is only known, and only sent, when no selector filters the list.
+            if o.label.is_empty() && o.field.is_empty() {
+                meta["remainingItemCount"] = json!(remaining);
+            }
         }
         Ok(json!({
             "kind": format!("{}List", rt.kind),
@@ -1250,6 +1715,12 @@ impl Store {
             ));
         }
         check_type_meta(rt, &body)?;
+        if o.strict {
+            let unknown = unknown_fields(rt, &body);
+            if !unknown.is_empty() {
+                return Err(strict_decoding_error(rt, &unknown));
+            }
+        }
         let ns = ns.unwrap_or_default();
         if rt.namespaced
             && let Some(bns) = body["metadata"]["namespace"].as_str()
@@ -1273,37 +1744,34 @@ impl Store {
                     n
                 }
                 _ => {
-                    return Err(ApiError::invalid(
-                        &rt.group,
-                        &rt.kind,
-                        "",
-                        &[(
-                            "metadata.name".into(),
-                            "Required value: name or generateName is required".into(),
-                        )],
-                    ));
+                    let mut causes = vec![(
+                        "metadata.name".to_string(),
+                        "Required value: name or generateName is required".to_string(),
+                    )];
+                    // A missing value blocks a CRD's CEL rules, which the apiserver notes.
+                    if rt.schema.as_ref().is_some_and(|s| s.has_rules()) {
+                        causes.push((
+                            "<nil>".to_string(),
+                            "Invalid value: null: some validation rules were not checked because the object was invalid; correct the existing errors to complete validation".to_string(),
+                        ));
+                    }
+                    return Err(ApiError::invalid(&rt.group, &rt.kind, "", &causes));
                 }
             },
         };
         let is_ns = rt.group.is_empty() && rt.kind == "Namespace";
-        let ok = if is_ns {
-            dns_label(&name)
-        } else {
-            dns_subdomain(&name)
-        };
-        if !ok {
-            return Err(ApiError::invalid(
-                &rt.group,
-                &rt.kind,
-                &name,
-                &[(
-                    "metadata.name".into(),
-                    format!(
-                        "Invalid value: \"{name}\": a lowercase RFC 1123 {} must consist of lower case alphanumeric characters, '-' or '.', and must start and end with an alphanumeric character",
-                        if is_ns { "label" } else { "subdomain" }
-                    ),
-                )],
-            ));
+        let errs = name_errors(&name, is_ns);
+        if !errs.is_empty() {
+            let causes: Vec<(String, String)> = errs
+                .iter()
+                .map(|e| {
+                    (
+                        "metadata.name".to_string(),
+                        format!("Invalid value: \"{name}\": {e}"),
+                    )
+                })
+                .collect();
+            return Err(ApiError::invalid(&rt.group, &rt.kind, &name, &causes));
         }
         inner.check_namespace(rt, ns, &name)?;
         if inner.obj(&key, ns, &name).is_some() {
@@ -1340,6 +1808,12 @@ impl Store {
             ));
         }
         check_type_meta(rt, &body)?;
+        if o.strict {
+            let unknown = unknown_fields(rt, &body);
+            if !unknown.is_empty() {
+                return Err(strict_decoding_error(rt, &unknown));
+            }
+        }
         if let Some(bn) = body["metadata"]["name"].as_str()
             && bn != name
         {
@@ -1352,6 +1826,21 @@ impl Store {
             .obj(&rt.key(), ns, name)
             .cloned()
             .ok_or_else(|| ApiError::not_found(&rt.group, &rt.plural, name))?;
+        // Custom resources and CRDs allow no unconditional update: a PUT must carry the
+        // resourceVersion it read.
+        let unconditional_forbidden =
+            rt.custom || (rt.group == CRD_GROUP && rt.plural == CRD_PLURAL);
+        if unconditional_forbidden && rv_of(&body).is_none() {
+            return Err(ApiError::invalid(
+                &rt.group,
+                &rt.plural,
+                name,
+                &[(
+                    "metadata.resourceVersion".into(),
+                    "Invalid value: 0: must be specified for an update".into(),
+                )],
+            ));
+        }
         if let Some(rv) = rv_of(&body)
             && Some(rv) != rv_of(&old)
         {
@@ -1416,6 +1905,12 @@ impl Store {
                     ));
                 }
                 check_type_meta(rt, &config)?;
+                // Decoding an apply configuration into the kind's type fails on any
+                // field the type does not declare, whatever `fieldValidation` says.
+                let unknown = unknown_fields(rt, &config);
+                if !unknown.is_empty() {
+                    return Err(typed_patch_error(rt, &config, name, &unknown));
+                }
                 if let Some(bn) = config["metadata"]["name"].as_str()
                     && bn != name
                 {
@@ -1424,8 +1919,14 @@ impl Store {
                     )));
                 }
                 if o.manager.is_empty() {
-                    return Err(ApiError::bad_request(
-                        "PATCH, application/apply-patch+yaml requires fieldManager parameter",
+                    return Err(ApiError::invalid(
+                        "meta.k8s.io",
+                        "PatchOptions",
+                        "",
+                        &[(
+                            "fieldManager".into(),
+                            "Required value: is required for apply patch".into(),
+                        )],
                     ));
                 }
                 if old.is_none() {
@@ -1448,8 +1949,8 @@ impl Store {
                 });
                 let scope = match sub {
                     Sub::Status => Scope::StatusOnly,
-                    Sub::Main if rt.status_subresource => Scope::NoStatus,
-                    Sub::Main => Scope::All,
+                    Sub::Main | Sub::Scale if rt.status_subresource => Scope::NoStatus,
+                    Sub::Main | Sub::Scale => Scope::All,
                 };
                 let now = now();
                 let keys = |p: &[ssa::Seg]| list_keys(rt, p);
@@ -1489,6 +1990,12 @@ impl Store {
                     return Err(ApiError::conflict(&rt.group, &rt.plural, name));
                 }
                 check_type_meta(rt, &patched)?;
+                if o.strict {
+                    let unknown = unknown_fields(rt, &patched);
+                    if !unknown.is_empty() {
+                        return Err(strict_patch_error(&patched, &unknown));
+                    }
+                }
                 if patched["metadata"]["name"].as_str() != Some(name) {
                     return Err(ApiError::bad_request(
                         "metadata.name cannot be changed by a patch",
@@ -1609,7 +2116,7 @@ impl Store {
             name,
             Some(&old),
             obj,
-            Sub::Main,
+            Sub::Scale,
             &o.manager,
             None,
             o.dry_run,
@@ -1782,7 +2289,7 @@ fn patch_value(rt: &ResourceType, doc: &Value, kind: PatchKind, body: &[u8]) -> 
                 return Err(ApiError::new(
                     415,
                     "UnsupportedMediaType",
-                    "strategic merge patch is not supported for custom resources",
+                    "the body of the request was in an unknown format - accepted media types include: application/json-patch+json, application/merge-patch+json, application/apply-patch+yaml",
                 ));
             }
             let p: Value = serde_json::from_slice(body)

@@ -110,6 +110,11 @@ enum Source {
     Created,
     /// The number of keys of `data` plus `binaryData`.
     DataCount,
+    /// The value at a path as stored (whatever the column's type says).
+    Raw(Option<JsonPath>),
+    /// The controller owner reference as `kind.group/name` (lower-case kind and group), or
+    /// `<none>`.
+    Controller,
 }
 
 /// One column definition and how to fill it.
@@ -170,6 +175,32 @@ impl Column {
                 let n = |k: &str| obj[k].as_object().map_or(0, Map::len);
                 json!(n("data") + n("binaryData"))
             }
+            Source::Controller => {
+                let controller = meta["ownerReferences"]
+                    .as_array()
+                    .and_then(|refs| refs.iter().find(|r| r["controller"] == true));
+                match controller {
+                    Some(r) => {
+                        let api_version = r["apiVersion"].as_str().unwrap_or_default();
+                        let kind = r["kind"].as_str().unwrap_or_default();
+                        let group_kind = match api_version.rsplit_once('/') {
+                            Some((group, _)) => format!("{kind}.{group}"),
+                            None => kind.to_string(),
+                        };
+                        json!(format!(
+                            "{}/{}",
+                            group_kind.to_lowercase(),
+                            r["name"].as_str().unwrap_or_default()
+                        ))
+                    }
+                    None => json!("<none>"),
+                }
+            }
+            Source::Raw(p) => p
+                .as_ref()
+                .and_then(|p| p.first(obj))
+                .cloned()
+                .unwrap_or(Value::Null),
             Source::Path(None) => Value::Null,
             Source::Path(Some(p)) => match p.first(obj) {
                 Some(v) => typed_cell(&self.ty, v),
@@ -250,26 +281,40 @@ fn builtin_columns(rt: &ResourceType) -> Vec<Column> {
             out.push(Column::path(
                 "Type",
                 "string",
-                "The type of the secret",
+                "Used to facilitate programmatic handling of secret data. More info: https://kubernetes.io/docs/concepts/configuration/secret/#secret-types",
                 ".type",
             ));
             out.push(Column::new(
                 "Data",
                 "string",
-                "The number of entries in the secret",
+                "Data contains the secret data. Each key must consist of alphanumeric characters, '-', '_' or '.'. The serialized form of the secret data is a base64 encoded string, representing the arbitrary (possibly non-string) data value here. Described in https://tools.ietf.org/html/rfc4648#section-4",
                 Source::DataCount,
             ));
         }
         ("", "configmaps") => out.push(Column::new(
             "Data",
             "string",
-            "The number of entries in the config map",
+            "Data contains the configuration data. Each key must consist of alphanumeric characters, '-', '_' or '.'. Values with non-UTF-8 byte sequences must use the BinaryData field. The keys stored in Data must not overlap with the keys in the BinaryData field, this is enforced during validation process.",
             Source::DataCount,
         )),
+        ("apps", "controllerrevisions") => {
+            out.push(Column::new(
+                "Controller",
+                "string",
+                "Controller of the object",
+                Source::Controller,
+            ));
+            out.push(Column::new(
+                "Revision",
+                "string",
+                "Revision indicates the revision of the state represented by Data.",
+                Source::Raw(JsonPath::parse(".revision")),
+            ));
+        }
         ("coordination.k8s.io", "leases") => out.push(Column::path(
             "Holder",
             "string",
-            "The holder of the lease",
+            "holderIdentity contains the identity of the holder of a current lease. If Coordinated Leader Election is used, the holder identity must be equal to the elected LeaseCandidate.metadata.name field.",
             ".spec.holderIdentity",
         )),
         _ => {}
