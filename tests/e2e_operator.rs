@@ -54,8 +54,12 @@ impl Harness {
     /// namespace and the storage roots, and writes a master image of `size` holding `data_mib`
     /// MiB of data with the snapshot `base`. The operator is not started yet.
     async fn new(name: &str, size: &str, data_mib: u32) -> Harness {
+        Self::with_cluster(Cluster::start(name).await, name, size, data_mib).await
+    }
+
+    /// [`Harness::new`] on a given cluster.
+    async fn with_cluster(cluster: Cluster, name: &str, size: &str, data_mib: u32) -> Harness {
         let dir = tempfile::tempdir().expect("tempdir");
-        let cluster = Cluster::start(name).await;
         let images = dir.path().join("images");
         let fast = dir.path().join("fast");
         std::fs::create_dir_all(&images).expect("images");
@@ -338,6 +342,14 @@ impl Drop for Harness {
     fn drop(&mut self) {
         if std::thread::panicking() {
             eprintln!("{}", self.log_tail());
+            if let Some(plane) = self.cluster.control_plane() {
+                for component in ["kube-apiserver", "etcd"] {
+                    eprintln!(
+                        "--- {component} (last 60 lines)\n{}",
+                        plane.log_tail(component, 60)
+                    );
+                }
+            }
         }
         if self.cluster.is_real() {
             // A real API server: delete the namespace while the operator still runs (it
@@ -537,4 +549,68 @@ async fn watch_drops_and_server_errors_are_survived() {
         faults.pending()
     );
     assert!(faulted >= 20, "the faults hit the operator ({faulted})");
+}
+
+/// On a control plane of its own, kube-apiserver is killed (SIGKILL) and kept down for 3 s
+/// while the operator watches everything; objects created once it is back must still reach
+/// Ready, with nothing duplicated (three machines, one scheme version). Needs a real control
+/// plane started from `KUBEBUILDER_ASSETS` (on the test server, the fault-injection test above
+/// covers dropped watches and 500s).
+///
+/// Ignored until the bug it found is fixed: after the restart, the operator's watches of
+/// ImageVersionSpec resumed from their old resourceVersion are accepted by the new API server
+/// but deliver nothing, so a prepared spec created then is never reconciled (run it with
+/// `KUBEBUILDER_ASSETS=... cargo test --test e2e_operator -- --ignored`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "finds a bug: watches resumed after a kube-apiserver restart deliver nothing (filed as an issue)"]
+async fn api_server_restart_is_survived() {
+    let mut cluster = Cluster::start_private("restarts").await;
+    if cluster.control_plane().is_none() {
+        eprintln!(
+            "restarts: needs a control plane of its own (KUBEBUILDER_ASSETS); skipped on this server"
+        );
+        return;
+    }
+    let mut h = Harness::with_cluster(cluster, "restarts", "64M", 16).await;
+    h.start_operator();
+    let (before, after): (Vec<Value>, Vec<Value>) = h
+        .examples()
+        .into_iter()
+        .partition(|o| o["kind"] != "ProvScheme" && o["metadata"]["name"] != PREPARED);
+    h.apply(&before).await;
+    h.wait::<ImageVersionSpec>("win11-2026-11-master", "the master is usable", |s| {
+        s.status.as_ref().is_some_and(|st| ready(&st.conditions))
+    })
+    .await;
+
+    let plane = h.cluster.control_plane().expect("own control plane");
+    let back =
+        tokio::task::block_in_place(|| plane.restart("kube-apiserver", Duration::from_secs(3)))
+            .expect("kube-apiserver restarts");
+    eprintln!(
+        "kube-apiserver down 3 s, ready {:.1} s after its start",
+        back.as_secs_f64()
+    );
+    for object in &after {
+        h.create(object).await.expect("created");
+    }
+    h.wait_examples_done().await;
+
+    let machines = h
+        .api::<ProvVm>()
+        .list(&Default::default())
+        .await
+        .expect("machines");
+    assert_eq!(machines.items.len(), 3, "no machine duplicated");
+    let revisions = h
+        .api::<k8s_openapi::api::apps::v1::ControllerRevision>()
+        .list(&Default::default())
+        .await
+        .expect("revisions");
+    assert_eq!(
+        revisions.items.len(),
+        1,
+        "one scheme version, not duplicated"
+    );
+    assert!(h.partial_files().is_empty(), "{:?}", h.partial_files());
 }

@@ -695,8 +695,12 @@ async fn creation_failures_end_in_the_sdk_states() {
         )
         .await
         .expect("annotated");
-    let retried = wait_version(&env, "no-pool", 1).await;
-    assert!(!retried.annotations().contains_key("mcs.imaging.dev/retry"));
+    wait_version(&env, "no-pool", 1).await;
+    // The controller writes the status first, then drops the consumed annotation.
+    env.wait::<ProvScheme>("no-pool", "the retry annotation consumed", |s| {
+        !s.annotations().contains_key("mcs.imaging.dev/retry")
+    })
+    .await;
 }
 
 /// A clean-on-boot scheme with a write-back cache: the machine gets a cache disk and its

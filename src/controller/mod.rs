@@ -123,8 +123,14 @@ pub fn requeue_after_error(
 }
 
 /// The watcher settings every controller uses.
+///
+/// Lists are consistent reads (`ListSemantic::MostRecent`, no `resourceVersion=0`): after an
+/// etcd restart a real API server's watch cache can answer `resourceVersion=0` lists with a
+/// version its watches already call too old (410), so a watcher listing "any" version relists
+/// into the same 410 forever. Since Kubernetes 1.31 consistent lists are served from the watch
+/// cache as well, so they cost no more.
 pub fn watcher_config() -> watcher::Config {
-    watcher::Config::default().any_semantic()
+    watcher::Config::default()
 }
 
 /// Runs every controller until the process is told to stop.

@@ -133,6 +133,7 @@ pub struct Cluster {
     /// The test's own namespace (created by [`Cluster::start`]).
     pub namespace: String,
     server: Option<TestApiServer>,
+    private: Option<ControlPlane>,
     _dir: tempfile::TempDir,
 }
 
@@ -140,8 +141,20 @@ impl Cluster {
     /// Connects to the API server chosen by [`mode`] and creates the namespace
     /// `mcs-<test>-<random>`.
     pub async fn start(test: &str) -> Cluster {
+        Self::start_inner(test, false).await
+    }
+
+    /// Like [`Cluster::start`], but with [`Mode::Assets`] the test gets a control plane of its
+    /// own (not the one its process shares), so it may restart its components
+    /// ([`Cluster::control_plane`]) without disturbing other tests.
+    pub async fn start_private(test: &str) -> Cluster {
+        Self::start_inner(test, true).await
+    }
+
+    async fn start_inner(test: &str, private: bool) -> Cluster {
         super::init_logging();
         let dir = tempfile::tempdir().expect("tempdir");
+        let mut own = None;
         let (server, kubeconfig) = match mode() {
             Mode::TestServer => {
                 let server = TestApiServer::start(TestApiConfig {
@@ -161,6 +174,19 @@ impl Cluster {
                     .await
                     .expect("CRD install");
                 (None, path)
+            }
+            Mode::Assets(assets) if private => {
+                let plane = tokio::task::spawn_blocking(move || {
+                    let mut config = ControlPlaneConfig::new(assets);
+                    config.crds = vec![crd_dir()];
+                    ControlPlane::start(&config)
+                })
+                .await
+                .expect("control plane")
+                .unwrap_or_else(|e| panic!("the test's own control plane did not start: {e:#}"));
+                let kubeconfig = plane.kubeconfig_path().to_owned();
+                own = Some(plane);
+                (None, kubeconfig)
             }
             Mode::Assets(assets) => {
                 let plane = tokio::task::spawn_blocking(move || control_plane(&assets))
@@ -196,8 +222,15 @@ impl Cluster {
             kubeconfig,
             namespace,
             server,
+            private: own,
             _dir: dir,
         }
+    }
+
+    /// The test's own control plane (from [`Cluster::start_private`] with
+    /// [`Mode::Assets`]), whose components the test may restart.
+    pub fn control_plane(&mut self) -> Option<&mut ControlPlane> {
+        self.private.as_mut()
     }
 
     /// The test API server, or `None` on a real server.

@@ -69,7 +69,10 @@ pub struct ControlPlane {
     url: String,
     kubeconfig: PathBuf,
     kubectl: PathBuf,
-    children: Vec<(String, Child)>,
+    children: Vec<Component>,
+    /// The process group of every component (the first one's pid).
+    group: i32,
+    timeout: Duration,
     watchdog: Option<Child>,
     controller_manager: bool,
 }
@@ -81,6 +84,14 @@ impl std::fmt::Debug for ControlPlane {
             .field("dir", &self.dir.path())
             .finish()
     }
+}
+
+/// One running component and how it was started (to restart it the same way).
+struct Component {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    child: Child,
 }
 
 /// Certificates and keys written into the control plane's `pki` folder.
@@ -134,6 +145,8 @@ impl ControlPlane {
             kubeconfig,
             kubectl: config.assets.join("kubectl"),
             children: Vec::new(),
+            group: 0,
+            timeout: config.timeout,
             watchdog: None,
             controller_manager: false,
             dir,
@@ -296,9 +309,9 @@ impl ControlPlane {
     /// Stops every component. The control plane is a throwaway: its processes are killed
     /// (SIGKILL) rather than shut down gracefully, which takes kube-apiserver seconds.
     pub fn stop(&mut self) {
-        for (_, child) in self.children.iter_mut().rev() {
-            let _ = child.kill();
-            let _ = child.wait();
+        for component in self.children.iter_mut().rev() {
+            let _ = component.child.kill();
+            let _ = component.child.wait();
         }
         self.children.clear();
         if let Some(mut watchdog) = self.watchdog.take() {
@@ -307,31 +320,83 @@ impl ControlPlane {
         }
     }
 
-    fn launch(&mut self, assets: &Path, name: &str, args: &[String]) -> anyhow::Result<()> {
-        let log = fs::File::create(self.dir.path().join("logs").join(format!("{name}.log")))?;
-        let group = self
+    /// Kills `component` (`etcd`, `kube-apiserver` or `kube-controller-manager`) with SIGKILL,
+    /// as a crash does, keeps it down for `down_for`, starts it again with the same flags and
+    /// data, and returns once the API server answers `/readyz` again (how long that took after
+    /// the start).
+    pub fn restart(&mut self, component: &str, down_for: Duration) -> anyhow::Result<Duration> {
+        let index = self
             .children
-            .first()
-            .map(|(_, c)| c.id() as i32)
-            .unwrap_or(0);
-        let child = Command::new(assets.join(name))
+            .iter()
+            .position(|c| c.name == component)
+            .with_context(|| format!("no component {component} runs"))?;
+        let old = self.children.remove(index);
+        let Component {
+            name,
+            program,
+            args,
+            mut child,
+        } = old;
+        let _ = child.kill();
+        let _ = child.wait();
+        std::thread::sleep(down_for);
+        let started = Instant::now();
+        let child = self.spawn(&name, &program, &args)?;
+        self.children.insert(
+            index,
+            Component {
+                name,
+                program,
+                args,
+                child,
+            },
+        );
+        self.wait_for(
+            "kube-apiserver /readyz after a restart",
+            self.timeout,
+            |p| p.kubectl_ok(&["get", "--raw=/readyz"]),
+        )?;
+        Ok(started.elapsed())
+    }
+
+    fn launch(&mut self, assets: &Path, name: &str, args: &[String]) -> anyhow::Result<()> {
+        let program = assets.join(name);
+        let child = self.spawn(name, &program, args)?;
+        if self.group == 0 {
+            self.group = child.id() as i32;
+        }
+        self.children.push(Component {
+            name: name.to_owned(),
+            program,
+            args: args.to_vec(),
+            child,
+        });
+        Ok(())
+    }
+
+    /// Starts `program` in the control plane's process group, its output appended to
+    /// `logs/<name>.log`.
+    fn spawn(&self, name: &str, program: &Path, args: &[String]) -> anyhow::Result<Child> {
+        let log = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(self.dir.path().join("logs").join(format!("{name}.log")))?;
+        Command::new(program)
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
-            .process_group(group)
+            .process_group(self.group)
             .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.children.push((name.to_owned(), child));
-        Ok(())
+            .with_context(|| format!("starting {name}"))
     }
 
     /// Kills the control plane's process group and removes its folder once the test process
     /// (this process) is gone.
     fn start_watchdog(&mut self) -> anyhow::Result<()> {
-        let group = self.children.first().map(|(_, c)| c.id()).unwrap_or(0);
+        let group = self.group;
         let script = format!(
-            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -KILL -- -{group} 2>/dev/null; sleep 1; rm -rf '{dir}'",
+            "while kill -0 {parent} 2>/dev/null; do sleep 1; done; kill -KILL -{group} 2>/dev/null; sleep 1; rm -rf '{dir}'",
             parent = std::process::id(),
             dir = self.dir.path().display(),
         );
@@ -358,9 +423,9 @@ impl ControlPlane {
             if ready(self) {
                 return Ok(());
             }
-            for (name, child) in &mut self.children {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let name = name.clone();
+            for component in &mut self.children {
+                if let Ok(Some(status)) = component.child.try_wait() {
+                    let name = component.name.clone();
                     let tail = self.log_tail(&name, 20);
                     self.stop();
                     bail!("{name} exited ({status}) while waiting for {what}:\n{tail}");
@@ -370,7 +435,7 @@ impl ControlPlane {
                 let tails: Vec<String> = self
                     .children
                     .iter()
-                    .map(|(name, _)| format!("--- {name}\n{}", self.log_tail(name, 10)))
+                    .map(|c| format!("--- {}\n{}", c.name, self.log_tail(&c.name, 10)))
                     .collect();
                 self.stop();
                 bail!("timed out waiting for {what}:\n{}", tails.join("\n"));
