@@ -562,7 +562,7 @@ async fn watch_drops_and_server_errors_are_survived() {
 /// but deliver nothing, so a prepared spec created then is never reconciled (run it with
 /// `KUBEBUILDER_ASSETS=... cargo test --test e2e_operator -- --ignored`).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "finds a bug: watches resumed after a kube-apiserver restart deliver nothing (filed as an issue)"]
+#[ignore = "finds a bug: watches resumed after a kube-apiserver restart deliver nothing (see the closing note of issue 9)"]
 async fn api_server_restart_is_survived() {
     let mut cluster = Cluster::start_private("restarts").await;
     if cluster.control_plane().is_none() {
