@@ -18,9 +18,8 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::NamespaceResourceScope;
-use k8s_openapi::api::core::v1::Namespace;
 use kube::Resource;
-use kube::api::{Api, DeleteParams, DynamicObject, PostParams};
+use kube::api::{Api, DynamicObject, PostParams};
 use kube::core::ApiResource;
 use mcs_operator::api::{ImageVersionSpec, ProvScheme, ProvVm, TaskState, UpdateStatus};
 use mcs_testapi::TestApiServer;
@@ -195,6 +194,21 @@ impl Harness {
         .expect("examples applied");
     }
 
+    /// Applies the examples up to the master spec and waits until the master is usable;
+    /// returns the rest (the prepared spec and the scheme) for the test to create.
+    async fn apply_up_to_the_master(&self) -> Vec<Value> {
+        let (before, after): (Vec<Value>, Vec<Value>) = self
+            .examples()
+            .into_iter()
+            .partition(|o| o["kind"] != "ProvScheme" && o["metadata"]["name"] != PREPARED);
+        self.apply(&before).await;
+        self.wait::<ImageVersionSpec>("win11-2026-11-master", "the master is usable", |s| {
+            s.status.as_ref().is_some_and(|st| ready(&st.conditions))
+        })
+        .await;
+        after
+    }
+
     /// Creates `object` with a plain POST.
     async fn create(&self, object: &Value) -> Result<DynamicObject, kube::Error> {
         let kind = object["kind"].as_str().expect("kind");
@@ -358,29 +372,20 @@ impl Drop for Harness {
             let namespace = self.cluster.namespace.clone();
             let _ = std::thread::spawn(move || {
                 let runtime = tokio::runtime::Runtime::new().expect("runtime");
-                runtime.block_on(delete_namespace(&kubeconfig, &namespace));
+                runtime.block_on(async {
+                    let client = support::cluster::client(&kubeconfig).await;
+                    support::cluster::delete_namespace(
+                        &client,
+                        &namespace,
+                        Duration::from_secs(60),
+                    )
+                    .await;
+                });
             })
             .join();
         }
         self.kill_operator();
     }
-}
-
-/// Deletes `namespace` and waits (at most a minute) until it is gone.
-async fn delete_namespace(kubeconfig: &Path, namespace: &str) {
-    let api = Api::<Namespace>::all(support::cluster::client(kubeconfig).await);
-    if let Err(error) = api.delete(namespace, &DeleteParams::default()).await {
-        eprintln!("deleting namespace {namespace}: {error}");
-        return;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while Instant::now() < deadline {
-        if matches!(api.get_opt(namespace).await, Ok(None)) {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    eprintln!("namespace {namespace} is still terminating");
 }
 
 fn task_state(task: Option<&mcs_operator::api::TaskStatus>) -> Option<TaskState> {
@@ -524,15 +529,7 @@ async fn watch_drops_and_server_errors_are_survived() {
         return;
     }
     h.start_operator();
-    let examples = h.examples();
-    let (before, after): (Vec<Value>, Vec<Value>) = examples
-        .into_iter()
-        .partition(|o| o["kind"] != "ProvScheme" && o["metadata"]["name"] != PREPARED);
-    h.apply(&before).await;
-    h.wait::<ImageVersionSpec>("win11-2026-11-master", "the master is usable", |s| {
-        s.status.as_ref().is_some_and(|st| ready(&st.conditions))
-    })
-    .await;
+    let after = h.apply_up_to_the_master().await;
 
     let faults = h.cluster.test_server().expect("test server").faults();
     faults.drop_watches();
@@ -573,15 +570,7 @@ async fn api_server_restart_is_survived() {
     }
     let mut h = Harness::with_cluster(cluster, "restarts", "64M", 16).await;
     h.start_operator();
-    let (before, after): (Vec<Value>, Vec<Value>) = h
-        .examples()
-        .into_iter()
-        .partition(|o| o["kind"] != "ProvScheme" && o["metadata"]["name"] != PREPARED);
-    h.apply(&before).await;
-    h.wait::<ImageVersionSpec>("win11-2026-11-master", "the master is usable", |s| {
-        s.status.as_ref().is_some_and(|st| ready(&st.conditions))
-    })
-    .await;
+    let after = h.apply_up_to_the_master().await;
 
     let plane = h.cluster.control_plane().expect("own control plane");
     let back =

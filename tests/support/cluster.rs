@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, DeleteParams, PostParams};
-use mcs_testapi::control_plane::{ControlPlane, ControlPlaneConfig};
+use mcs_testapi::control_plane::{ControlPlane, ControlPlaneConfig, install_crds};
 use mcs_testapi::{TestApiConfig, TestApiServer};
 use serde_json::json;
 
@@ -72,23 +72,25 @@ pub fn kubectl_path() -> Option<PathBuf> {
     })
 }
 
+/// A control plane from `assets` with the committed CRDs installed.
+fn start_control_plane(assets: &Path) -> Result<ControlPlane, String> {
+    let started = Instant::now();
+    let mut config = ControlPlaneConfig::new(assets);
+    config.crds = vec![crd_dir()];
+    let plane = ControlPlane::start(&config).map_err(|e| format!("{e:#}"))?;
+    eprintln!(
+        "real control plane from {} at {} ready in {:.1} s (CRDs installed with kubectl)",
+        assets.display(),
+        plane.url(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(plane)
+}
+
 /// The control plane of this test process ([`Mode::Assets`]), started on first use.
 fn control_plane(assets: &Path) -> &'static ControlPlane {
     static PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-    let plane = PLANE.get_or_init(|| {
-        let started = Instant::now();
-        let mut config = ControlPlaneConfig::new(assets);
-        config.crds = vec![crd_dir()];
-        let plane = ControlPlane::start(&config).map_err(|e| format!("{e:#}"))?;
-        eprintln!(
-            "real control plane from {} at {} ready in {:.1} s (CRDs installed with kubectl)",
-            assets.display(),
-            plane.url(),
-            started.elapsed().as_secs_f64()
-        );
-        Ok(plane)
-    });
-    match plane {
+    match PLANE.get_or_init(|| start_control_plane(assets)) {
         Ok(plane) => plane,
         Err(error) => panic!("the real control plane did not start: {error}"),
     }
@@ -99,25 +101,7 @@ fn install_crds_once(kubeconfig: &Path) {
     static INSTALLED: OnceLock<Result<(), String>> = OnceLock::new();
     let result = INSTALLED.get_or_init(|| {
         let kubectl = kubectl_path().ok_or("no kubectl found (set KUBECTL)")?;
-        let dir = crd_dir();
-        for args in [
-            vec!["apply", "--server-side", "--force-conflicts", "-f"],
-            vec!["wait", "--for=condition=Established", "--timeout=60s", "-f"],
-        ] {
-            let out = Command::new(&kubectl)
-                .args(&args)
-                .arg(&dir)
-                .env("KUBECONFIG", kubeconfig)
-                .output()
-                .map_err(|e| e.to_string())?;
-            if !out.status.success() {
-                return Err(format!(
-                    "kubectl {args:?}: {}",
-                    String::from_utf8_lossy(&out.stderr)
-                ));
-            }
-        }
-        Ok(())
+        install_crds(&kubectl, kubeconfig, &[crd_dir()]).map_err(|e| format!("{e:#}"))
     });
     if let Err(error) = result {
         panic!("installing the CRDs on {}: {error}", kubeconfig.display());
@@ -176,14 +160,10 @@ impl Cluster {
                 (None, path)
             }
             Mode::Assets(assets) if private => {
-                let plane = tokio::task::spawn_blocking(move || {
-                    let mut config = ControlPlaneConfig::new(assets);
-                    config.crds = vec![crd_dir()];
-                    ControlPlane::start(&config)
-                })
-                .await
-                .expect("control plane")
-                .unwrap_or_else(|e| panic!("the test's own control plane did not start: {e:#}"));
+                let plane = tokio::task::spawn_blocking(move || start_control_plane(&assets))
+                    .await
+                    .expect("control plane")
+                    .unwrap_or_else(|e| panic!("the test's own control plane did not start: {e}"));
                 let kubeconfig = plane.kubeconfig_path().to_owned();
                 own = Some(plane);
                 (None, kubeconfig)
@@ -257,23 +237,27 @@ impl Cluster {
     /// Deletes the test's namespace and waits (at most `timeout`) until it is gone; on the
     /// test server there is nothing to clean up.
     pub async fn delete_namespace(&self, timeout: Duration) {
-        if self.server.is_some() {
-            return;
+        if self.server.is_none() {
+            delete_namespace(&self.client, &self.namespace, timeout).await;
         }
-        let api = Api::<Namespace>::all(self.client.clone());
-        if let Err(error) = api.delete(&self.namespace, &DeleteParams::default()).await {
-            eprintln!("deleting namespace {}: {error}", self.namespace);
-            return;
-        }
-        let deadline = Instant::now() + timeout;
-        while Instant::now() < deadline {
-            if matches!(api.get_opt(&self.namespace).await, Ok(None)) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(250)).await;
-        }
-        eprintln!("namespace {} is still terminating", self.namespace);
     }
+}
+
+/// Deletes `namespace` and waits (at most `timeout`) until it is gone, saying so when it is not.
+pub async fn delete_namespace(client: &Client, namespace: &str, timeout: Duration) {
+    let api = Api::<Namespace>::all(client.clone());
+    if let Err(error) = api.delete(namespace, &DeleteParams::default()).await {
+        eprintln!("deleting namespace {namespace}: {error}");
+        return;
+    }
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if matches!(api.get_opt(namespace).await, Ok(None)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!("namespace {namespace} is still terminating");
 }
 
 /// A client from a kubeconfig file, as kubectl builds one.

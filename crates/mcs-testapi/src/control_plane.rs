@@ -279,18 +279,7 @@ impl ControlPlane {
     /// Installs CRD manifests with `kubectl apply --server-side` and waits until each is
     /// Established.
     pub fn install_crds(&self, paths: &[PathBuf]) -> anyhow::Result<()> {
-        for path in paths {
-            let path = path.to_string_lossy();
-            self.kubectl_checked(&["apply", "--server-side", "--force-conflicts", "-f", &path])?;
-            self.kubectl_checked(&[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "-f",
-                &path,
-            ])?;
-        }
-        Ok(())
+        install_crds(&self.kubectl, &self.kubeconfig, paths)
     }
 
     /// The last lines of a component's log (`etcd`, `kube-apiserver`, ...).
@@ -452,25 +441,45 @@ impl ControlPlane {
             .status()
             .is_ok_and(|s| s.success())
     }
-
-    fn kubectl_checked(&self, args: &[&str]) -> anyhow::Result<String> {
-        let out = self.kubectl().args(args).output()?;
-        if !out.status.success() {
-            bail!(
-                "kubectl {}: {}{}",
-                args.join(" "),
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-    }
 }
 
 impl Drop for ControlPlane {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// Installs CRD manifests (files or folders) on the cluster of `kubeconfig` with `kubectl apply
+/// --server-side` and waits until each is Established.
+pub fn install_crds(kubectl: &Path, kubeconfig: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
+    for path in paths {
+        let path = path.to_string_lossy();
+        for args in [
+            &["apply", "--server-side", "--force-conflicts", "-f", &path][..],
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "-f",
+                &path,
+            ][..],
+        ] {
+            let out = Command::new(kubectl)
+                .args(args)
+                .env("KUBECONFIG", kubeconfig)
+                .output()
+                .with_context(|| format!("running {}", kubectl.display()))?;
+            if !out.status.success() {
+                bail!(
+                    "kubectl {}: {}{}",
+                    args.join(" "),
+                    String::from_utf8_lossy(&out.stdout),
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Four distinct free loopback ports (etcd client and peer, API server, controller manager).
