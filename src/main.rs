@@ -20,23 +20,13 @@ enum Command {
         /// Write one file per CRD into this directory instead of printing.
         #[arg(long)]
         out_dir: Option<PathBuf>,
+        /// The form of the files: `manifests` (`crds/`), `kustomize` (`deploy/crds/`, with a
+        /// kustomization) or `chart` (`charts/mcs-operator/templates/crds/`, Helm templates).
+        #[arg(long, value_enum, default_value = "manifests", requires = "out_dir")]
+        layout: mcs_operator::crd::Layout,
     },
     /// Run the controllers against the cluster of the current kubeconfig (or in-cluster config).
-    Run {
-        /// Watch only this namespace (default: all namespaces).
-        #[arg(long, env = "MCS_NAMESPACE")]
-        namespace: Option<String>,
-        /// Reconciles of one kind that run at once.
-        #[arg(long, env = "MCS_CONCURRENCY", default_value_t = 4)]
-        concurrency: u16,
-        /// At most one progress write per object per this many milliseconds (state changes
-        /// always go out at the next follow).
-        #[arg(long, env = "MCS_PROGRESS_INTERVAL_MS", default_value_t = 1000)]
-        progress_interval_ms: u64,
-        /// Log format: `json` (the default in a container) or `text`.
-        #[arg(long, env = "MCS_LOG_FORMAT", default_value = "json")]
-        log_format: LogFormat,
-    },
+    Run(Box<mcs_operator::operator::RunOptions>),
     /// Try everything on this machine without a cluster: an in-process API server, the
     /// operator, a sample master image and the flow of `examples/`.
     Dev {
@@ -60,50 +50,6 @@ enum Command {
         #[command(subcommand)]
         command: mcs_operator::cli::scheme::SchemeCommand,
     },
-}
-
-/// How logs are written.
-#[derive(clap::ValueEnum, Clone, Copy, Debug)]
-enum LogFormat {
-    /// One JSON object per line.
-    Json,
-    /// Human-readable lines.
-    Text,
-}
-
-fn init_logging(format: LogFormat) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    match format {
-        LogFormat::Json => builder.json().init(),
-        LogFormat::Text => builder.init(),
-    }
-}
-
-async fn run_operator(
-    namespace: Option<String>,
-    concurrency: u16,
-    progress_interval_ms: u64,
-) -> anyhow::Result<()> {
-    let client = kube::Client::try_default().await?;
-    let config = mcs_operator::controller::OperatorConfig {
-        namespace,
-        concurrency,
-        progress_interval: std::time::Duration::from_millis(progress_interval_ms.max(50)),
-        ..Default::default()
-    };
-    tracing::info!(namespace = ?config.namespace, "mcs-operator starting");
-    tokio::select! {
-        () = mcs_operator::controller::run(client, config) => Ok(()),
-        signal = tokio::signal::ctrl_c() => {
-            signal?;
-            tracing::info!("interrupted, stopping");
-            Ok(())
-        }
-    }
 }
 
 async fn scheme_command(
@@ -142,12 +88,13 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scheme { namespace, command } => return run_scheme(namespace, &command),
-        Command::Crd { out_dir: None } => mcs_operator::crd::render_all()
+        Command::Crd {
+            out_dir: Some(dir),
+            layout,
+        } => mcs_operator::crd::write_dir(&dir, layout).map_err(anyhow::Error::from),
+        Command::Crd { .. } => mcs_operator::crd::render_all()
             .map(|yaml| print!("{yaml}"))
             .map_err(anyhow::Error::from),
-        Command::Crd { out_dir: Some(dir) } => {
-            mcs_operator::crd::write_dir(&dir).map_err(anyhow::Error::from)
-        }
         Command::Dev { dir, master, tls } => tokio::runtime::Runtime::new()
             .map_err(anyhow::Error::from)
             .and_then(|runtime| {
@@ -157,13 +104,8 @@ fn main() -> ExitCode {
                     tls,
                 }))
             }),
-        Command::Run {
-            namespace,
-            concurrency,
-            progress_interval_ms,
-            log_format,
-        } => {
-            init_logging(log_format);
+        Command::Run(options) => {
+            mcs_operator::operator::init_logging(&options);
             let runtime = match tokio::runtime::Runtime::new() {
                 Ok(runtime) => runtime,
                 Err(error) => {
@@ -171,11 +113,10 @@ fn main() -> ExitCode {
                     return ExitCode::FAILURE;
                 }
             };
-            return match runtime.block_on(run_operator(
-                namespace,
-                concurrency,
-                progress_interval_ms,
-            )) {
+            let result = runtime.block_on(mcs_operator::operator::run(*options));
+            // Jobs were stopped before `run` returned; do not wait for stray tasks.
+            runtime.shutdown_timeout(std::time::Duration::from_secs(2));
+            return match result {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(error) => {
                     tracing::error!(%error, "mcs-operator stopped");

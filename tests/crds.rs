@@ -193,32 +193,90 @@ fn example_of(kind: &str) -> Value {
     example(|v| v["kind"] == kind)
 }
 
-#[test]
-fn committed_crds_match_the_generator() {
-    let dir = repo_path("crds");
-    let mut expected_files = Vec::new();
-    for crd in all_crds() {
-        let name = file_name(&crd);
-        let committed = std::fs::read_to_string(dir.join(&name)).unwrap_or_else(|e| {
-            panic!("crds/{name} missing ({e}); run `mcs-operator crd --out-dir crds`")
-        });
+/// `dir` holds exactly the files `layout` generates, with the same contents.
+fn assert_generated(dir: &str, layout: mcs_operator::crd::Layout, command: &str) {
+    let path = repo_path(dir);
+    let files = mcs_operator::crd::files(layout).expect("renders");
+    for (name, contents) in &files {
+        let committed = std::fs::read_to_string(path.join(name))
+            .unwrap_or_else(|e| panic!("{dir}/{name} missing ({e}); run `{command}`"));
         assert_eq!(
-            committed,
-            render(&crd).expect("renders"),
-            "crds/{name} drifted from the Rust types; run `cargo run -- crd --out-dir crds` and commit"
+            &committed, contents,
+            "{dir}/{name} drifted from the Rust types; run `{command}` and commit"
         );
-        expected_files.push(name);
     }
-    let mut present: Vec<String> = std::fs::read_dir(&dir)
-        .expect("crds/ exists")
+    let mut present: Vec<String> = std::fs::read_dir(&path)
+        .unwrap_or_else(|e| panic!("{dir} exists: {e}"))
         .map(|e| e.expect("entry").file_name().to_string_lossy().into_owned())
         .collect();
     present.sort();
-    expected_files.sort();
+    let mut expected: Vec<String> = files.into_iter().map(|(name, _)| name).collect();
+    expected.sort();
     assert_eq!(
-        present, expected_files,
-        "crds/ holds files the generator does not make"
+        present, expected,
+        "{dir} holds files the generator does not make"
     );
+}
+
+#[test]
+fn committed_crds_match_the_generator() {
+    assert_generated(
+        "crds",
+        mcs_operator::crd::Layout::Manifests,
+        "cargo run -- crd --out-dir crds",
+    );
+}
+
+#[test]
+fn the_kustomize_crds_match_the_generator() {
+    assert_generated(
+        "deploy/crds",
+        mcs_operator::crd::Layout::Kustomize,
+        "cargo run -- crd --layout kustomize --out-dir deploy/crds",
+    );
+}
+
+#[test]
+fn the_charts_crds_are_the_committed_crds_kept_on_uninstall() {
+    assert_generated(
+        "charts/mcs-operator/templates/crds",
+        mcs_operator::crd::Layout::ChartTemplates,
+        "cargo run -- crd --layout chart --out-dir charts/mcs-operator/templates/crds",
+    );
+    for crd in all_crds() {
+        let name = file_name(&crd);
+        let template =
+            std::fs::read_to_string(repo_path("charts/mcs-operator/templates/crds").join(&name))
+                .expect("chart template exists");
+        let body: String = template
+            .lines()
+            .filter(|line| !line.starts_with("{{"))
+            .map(|line| format!("{line}\n"))
+            .collect();
+        let mut chart: Value = serde_yaml::from_str(&body).expect("chart CRD is YAML");
+        let annotations = chart["metadata"]["annotations"]
+            .as_object_mut()
+            .expect("chart CRD has annotations");
+        assert_eq!(
+            annotations.remove(mcs_operator::crd::HELM_KEEP_ANNOTATION),
+            Some(Value::from("keep")),
+            "the chart's {name} is kept on uninstall"
+        );
+        if annotations.is_empty() {
+            chart["metadata"]
+                .as_object_mut()
+                .expect("metadata")
+                .remove("annotations");
+        }
+        let plain: Value = serde_yaml::from_str(
+            &std::fs::read_to_string(repo_path("crds").join(&name)).expect("crds/ file exists"),
+        )
+        .expect("crds/ file is YAML");
+        assert_eq!(
+            chart, plain,
+            "the chart's {name} differs from crds/{name} beyond the keep annotation"
+        );
+    }
 }
 
 #[test]

@@ -37,8 +37,11 @@ pub const GROUP: &str = "mcs.imaging.dev";
 pub const VERSION: &str = "v1alpha1";
 
 /// Every CRD of the API, in dependency order (what a kind references comes before it).
+///
+/// Each carries the annotations [`ANNOTATION_SCHEMA_HASH`] and [`ANNOTATION_OPERATOR_VERSION`],
+/// so that a running operator can tell whether the installed CRDs are the ones it was built with.
 pub fn all_crds() -> Vec<CustomResourceDefinition> {
-    vec![
+    [
         HypervisorConnection::crd(),
         HostingUnit::crd(),
         IdentityPool::crd(),
@@ -48,4 +51,32 @@ pub fn all_crds() -> Vec<CustomResourceDefinition> {
         ProvScheme::crd(),
         ProvVm::crd(),
     ]
+    .into_iter()
+    .map(|mut crd| {
+        let hash = schema_hash(&crd);
+        let annotations = crd
+            .metadata
+            .annotations
+            .get_or_insert_with(Default::default);
+        annotations.insert(ANNOTATION_SCHEMA_HASH.to_string(), hash);
+        annotations.insert(
+            ANNOTATION_OPERATOR_VERSION.to_string(),
+            env!("CARGO_PKG_VERSION").to_string(),
+        );
+        crd
+    })
+    .collect()
+}
+
+/// The CRD annotation holding the SHA-256 of the CRD's `spec` as generated (see [`schema_hash`]).
+pub const ANNOTATION_SCHEMA_HASH: &str = "mcs.imaging.dev/schema-hash";
+/// The CRD annotation naming the mcs-operator version that generated it.
+pub const ANNOTATION_OPERATOR_VERSION: &str = "mcs.imaging.dev/operator-version";
+
+/// The SHA-256 (hex) of a CRD's `spec` as JSON: it changes with any change of the schema,
+/// names, versions or printer columns.
+pub fn schema_hash(crd: &CustomResourceDefinition) -> String {
+    use sha2::Digest as _;
+    let spec = serde_json::to_vec(&crd.spec).unwrap_or_default();
+    hex::encode(sha2::Sha256::digest(spec))
 }

@@ -147,6 +147,7 @@ async fn reconcile(
     connection: Arc<HypervisorConnection>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = connection
         .namespace()
         .ok_or(ControllerError::MissingMetadata {
@@ -221,7 +222,9 @@ fn error_policy(
 /// Runs the HypervisorConnection controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let connections = context.watched_api::<HypervisorConnection>();
-    Controller::new(connections, watcher_config())
+    let controller = Controller::new(connections, watcher_config());
+    context.caches.track(CONTROLLER, controller.store());
+    controller
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {

@@ -140,6 +140,7 @@ async fn reconcile(
     unit: Arc<HostingUnit>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = unit.namespace().ok_or(ControllerError::MissingMetadata {
         kind: "HostingUnit",
         field: "namespace",
@@ -239,6 +240,7 @@ pub async fn run(context: Arc<Context>) {
     let connections = context.watched_api::<HypervisorConnection>();
     let controller = Controller::new(units, watcher_config());
     let store = controller.store();
+    context.caches.track(CONTROLLER, store.clone());
     controller
         .watches(
             connections,

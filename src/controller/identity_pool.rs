@@ -55,6 +55,7 @@ async fn reconcile(
     pool: Arc<IdentityPool>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = pool.namespace().ok_or(ControllerError::MissingMetadata {
         kind: "IdentityPool",
         field: "namespace",
@@ -156,7 +157,9 @@ fn error_policy(
 pub async fn run(context: Arc<Context>) {
     let pools = context.watched_api::<IdentityPool>();
     let schemes = context.watched_api::<ProvScheme>();
-    Controller::new(pools, watcher_config())
+    let controller = Controller::new(pools, watcher_config());
+    context.caches.track(CONTROLLER, controller.store());
+    controller
         .watches(schemes, watcher_config(), |scheme: ProvScheme| {
             scheme.namespace().map(|ns| {
                 ObjectRef::<IdentityPool>::new(&scheme.spec.identity_pool_ref).within(&ns)

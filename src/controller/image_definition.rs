@@ -128,6 +128,7 @@ async fn reconcile(
     definition: Arc<ImageDefinition>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = namespace_of(&definition)?;
     let api = context.api::<ImageDefinition>(&namespace);
     finalizer(&api, FINALIZER, definition, |event| async {
@@ -288,7 +289,9 @@ fn error_policy(
 /// Runs the ImageDefinition controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let definitions = context.watched_api::<ImageDefinition>();
-    Controller::new(definitions, watcher_config())
+    let controller = Controller::new(definitions, watcher_config());
+    context.caches.track(CONTROLLER, controller.store());
+    controller
         .watches(
             context.watched_api::<ImageVersion>(),
             watcher_config(),

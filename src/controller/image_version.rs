@@ -192,6 +192,7 @@ async fn reconcile(
     version: Arc<ImageVersion>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = namespace_of(&version)?;
     let api = context.api::<ImageVersion>(&namespace);
     finalizer(&api, FINALIZER, version, |event| async {
@@ -399,6 +400,7 @@ pub async fn run(context: Arc<Context>) {
     let versions = context.watched_api::<ImageVersion>();
     let controller = Controller::new(versions, watcher_config());
     let store = controller.store();
+    context.caches.track(CONTROLLER, store.clone());
     controller
         .watches(
             context.watched_api::<ImageVersionSpec>(),

@@ -510,6 +510,7 @@ async fn reconcile(
     spec: Arc<ImageVersionSpec>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = namespace_of(&spec)?;
     let api = context.api::<ImageVersionSpec>(&namespace);
     finalizer(&api, FINALIZER, spec, |event| async {
@@ -1167,6 +1168,7 @@ pub async fn run(context: Arc<Context>) {
     let specs = context.watched_api::<ImageVersionSpec>();
     let controller = Controller::new(specs, watcher_config());
     let store = controller.store();
+    context.caches.track(CONTROLLER, store.clone());
     let unit_store = store.clone();
     controller
         .watches(

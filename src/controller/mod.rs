@@ -15,6 +15,7 @@ pub mod image_version;
 pub mod image_version_spec;
 pub mod prov_scheme;
 pub mod prov_vm;
+pub mod readiness;
 pub mod scheme_versions;
 pub mod status;
 pub mod strict;
@@ -70,6 +71,8 @@ pub struct Context {
     pub backends: backends::BackendRegistry,
     /// The background jobs of long tasks, under the concurrency limit.
     pub tasks: tasks::TaskRunner,
+    /// Whether each controller's cache has synced (for `/readyz`).
+    pub caches: readiness::CacheReadiness,
 }
 
 impl Context {
@@ -84,6 +87,7 @@ impl Context {
             client,
             backends: backends::BackendRegistry::default(),
             tasks: tasks::TaskRunner::new(config.max_concurrent_tasks, config.progress_interval),
+            caches: readiness::CacheReadiness::default(),
             config,
         })
     }
@@ -118,6 +122,7 @@ pub fn requeue_after_error(
         tracing::info!(controller, %error, "deletion waits");
         return kube::runtime::controller::Action::requeue(Duration::from_secs(3));
     }
+    crate::metrics::global().reconcile_error(controller, mcs_domain::Reason::reason(error));
     tracing::warn!(controller, reason = mcs_domain::Reason::reason(error), %error, "reconcile failed");
     kube::runtime::controller::Action::requeue(Duration::from_secs(5))
 }
@@ -135,7 +140,12 @@ pub fn watcher_config() -> watcher::Config {
 
 /// Runs every controller until the process is told to stop.
 pub async fn run(client: Client, config: OperatorConfig) {
-    let context = Context::new(client, config);
+    run_with(Context::new(client, config)).await;
+}
+
+/// Runs every controller with `context` (whose task runner and cache readiness the caller
+/// keeps, to stop the jobs at shutdown and to report readiness).
+pub async fn run_with(context: Arc<Context>) {
     tokio::join!(
         identity_pool::run(context.clone()),
         connection::run(context.clone()),

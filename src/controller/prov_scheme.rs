@@ -545,6 +545,7 @@ async fn reconcile(
     scheme: Arc<ProvScheme>,
     context: Arc<Context>,
 ) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = scheme.namespace().ok_or(ControllerError::MissingMetadata {
         kind: "ProvScheme",
         field: "namespace",
@@ -1031,6 +1032,7 @@ pub async fn run(context: Arc<Context>) {
             .debounce(Duration::from_millis(300)),
     );
     let store = controller.store();
+    context.caches.track(CONTROLLER, store.clone());
     let by_spec = store.clone();
     let by_pool = store.clone();
     controller

@@ -572,6 +572,7 @@ async fn cleanup(
 }
 
 async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
     let namespace = machine
         .namespace()
         .ok_or(ControllerError::MissingMetadata {
@@ -998,6 +999,8 @@ pub async fn run(context: Arc<Context>) {
                 .debounce(Duration::from_millis(100)),
         );
     let machines = controller.store();
+    context.caches.track(CONTROLLER, machines.clone());
+    crate::metrics::global().count_machines(machines.clone());
     let seen: Fingerprints = Mutex::new(HashMap::new());
     let run = async move {
         for ready in [

@@ -2,6 +2,7 @@
 
 use kube::api::{Api, Patch};
 use kube::{Resource, ResourceExt};
+use mcs_domain::task::TaskStatus;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -20,19 +21,49 @@ pub async fn apply_status<K, S>(
     status: &S,
 ) -> Result<K, kube::Error>
 where
-    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + std::fmt::Debug,
+    K: Resource<DynamicType = ()> + Clone + DeserializeOwned + Serialize + std::fmt::Debug,
     S: Serialize,
 {
+    let status = serde_json::to_value(status).map_err(kube::Error::SerdeError)?;
+    let ended = ended_task(obj, &status);
     let body = serde_json::json!({
         "apiVersion": K::api_version(&()),
         "kind": K::kind(&()),
         "metadata": { "name": obj.name_any() },
         "status": status,
     });
-    api.patch_status(
-        &obj.name_any(),
-        &super::strict::apply(manager),
-        &Patch::Apply(&body),
-    )
-    .await
+    let written = api
+        .patch_status(
+            &obj.name_any(),
+            &super::strict::apply(manager),
+            &Patch::Apply(&body),
+        )
+        .await?;
+    if let Some(task) = ended {
+        let duration = task
+            .date_finished
+            .unwrap_or(task.last_update_time)
+            .duration_since(task.date_started);
+        crate::metrics::global().task_ended(
+            &K::kind(&()),
+            task.task_type.as_str(),
+            task.task_state.as_str(),
+            duration.try_into().unwrap_or_default(),
+        );
+    }
+    Ok(written)
+}
+
+/// The task `status` ends: one in a final state that `obj` does not already show as ended.
+fn ended_task<K: Serialize>(obj: &K, status: &serde_json::Value) -> Option<TaskStatus> {
+    let task: TaskStatus = serde_json::from_value(status.get("task")?.clone()).ok()?;
+    if !task.is_terminal() {
+        return None;
+    }
+    let before = serde_json::to_value(obj).ok()?;
+    let previous = before
+        .pointer("/status/task")
+        .and_then(|t| serde_json::from_value::<TaskStatus>(t.clone()).ok());
+    let already_ended = previous.is_some_and(|p| p.task_id == task.task_id && p.is_terminal());
+    (!already_ended).then_some(task)
 }

@@ -178,6 +178,19 @@ impl TaskRunner {
         Some(last)
     }
 
+    /// Cancels every job (their processes are killed and their partial files removed) and
+    /// waits until they have stopped: what a stopping operator does so that no half-written
+    /// disk is left behind. Returns how many jobs were still running.
+    pub async fn cancel_all(&self) -> usize {
+        let running: Vec<String> = lock(&self.jobs)
+            .iter()
+            .filter(|(_, job)| job.handle.as_ref().is_some_and(|h| !h.is_finished()))
+            .map(|(key, _)| key.clone())
+            .collect();
+        futures::future::join_all(running.iter().map(|key| self.cancel(key))).await;
+        running.len()
+    }
+
     /// Forgets the job of `key` (canceling it if it still runs) and its write history.
     pub async fn forget(&self, key: &str) {
         self.cancel(key).await;
@@ -239,7 +252,21 @@ async fn drive(
     mut cancel: watch::Receiver<bool>,
     poll_interval: Duration,
 ) {
-    let end = |result: Result<Output, BackendError>| {
+    let backend_kind = backend.kind();
+    let operation = op.name();
+    let end = |result: Result<Output, BackendError>, started: Option<Instant>| {
+        if let Some(started) = started {
+            let outcome = match &result {
+                Ok(_) => "ok",
+                Err(error) => error.reason(),
+            };
+            crate::metrics::global().backend_operation(
+                backend_kind,
+                operation,
+                outcome,
+                started.elapsed(),
+            );
+        }
         let mut s = lock(&snapshot);
         match &result {
             Ok(_) => {
@@ -256,15 +283,16 @@ async fn drive(
     let permit = tokio::select! {
         permit = slots.acquire_owned() => permit.ok(),
         _ = cancel.changed() => {
-            end(Err(BackendError::Canceled));
+            end(Err(BackendError::Canceled), None);
             return;
         }
     };
     lock(&snapshot).queued = false;
+    let started = Some(Instant::now());
     let id = match backend.start(op).await {
         Ok(id) => id,
         Err(error) => {
-            end(Err(error));
+            end(Err(error), started);
             return;
         }
     };
@@ -279,13 +307,13 @@ async fn drive(
                     s.message = status.message;
                 }
                 if let Some(result) = status.result {
-                    end(result);
+                    end(result, started);
                     backend.forget(id).await;
                     break;
                 }
             }
             Err(error) => {
-                end(Err(error));
+                end(Err(error), started);
                 break;
             }
         }
@@ -296,7 +324,7 @@ async fn drive(
                     Ok(status) => status.result.unwrap_or(Err(BackendError::Canceled)),
                     Err(error) => Err(error),
                 };
-                end(result);
+                end(result, started);
                 backend.forget(id).await;
                 break;
             }

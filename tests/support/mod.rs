@@ -4,6 +4,7 @@
 #![allow(dead_code)] // every test crate includes this module and uses only some helpers
 
 pub mod cluster;
+pub mod operator;
 
 use std::process::Command;
 
