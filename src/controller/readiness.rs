@@ -3,6 +3,7 @@
 use std::collections::BTreeMap;
 use std::hash::Hash;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use kube::Resource;
 use kube::runtime::reflector::Store;
@@ -41,8 +42,19 @@ impl CacheReadiness {
         self.lock().insert(controller, false);
         let this = self.clone();
         tokio::spawn(async move {
-            if store.wait_until_ready().await.is_ok() {
-                this.lock().insert(controller, true);
+            // kube's readiness signal wakes only the last task that waited on it (the
+            // controller's own runner), so ask again every half second instead of waiting once.
+            loop {
+                match tokio::time::timeout(Duration::from_millis(500), store.wait_until_ready())
+                    .await
+                {
+                    Ok(Ok(())) => {
+                        this.lock().insert(controller, true);
+                        return;
+                    }
+                    Ok(Err(_)) => return,
+                    Err(_) => {}
+                }
             }
         });
     }

@@ -123,9 +123,17 @@ impl Harness {
         self.dir.path().join(format!("operator-{n}.log"))
     }
 
-    /// Starts `mcs-operator run` for the test's namespace, in its own process group, with its
-    /// metrics and probe servers on free loopback ports (they are logged).
+    /// Starts `mcs-operator run` for the test's namespace as [`Harness::spawn_operator`] does
+    /// and keeps it as the harness's operator.
     pub fn start_operator(&mut self) {
+        let child = self.spawn_operator();
+        self.operator = Some(child);
+    }
+
+    /// Spawns `mcs-operator run` for the test's namespace, in its own process group, with its
+    /// metrics and probe servers on free loopback ports (they are logged), logging to
+    /// [`Harness::operator_log`] of the next start number. The caller owns the process.
+    pub fn spawn_operator(&mut self) -> Child {
         use std::os::unix::process::CommandExt as _;
         self.starts += 1;
         let log = self.operator_log(self.starts);
@@ -137,7 +145,7 @@ impl Harness {
             dirs.extend(std::env::split_paths(&path));
             command.env("PATH", std::env::join_paths(dirs).expect("PATH"));
         }
-        let child = command
+        command
             .args([
                 "run",
                 "--log-format",
@@ -167,8 +175,7 @@ impl Harness {
             .stderr(file)
             .process_group(0)
             .spawn()
-            .expect("mcs-operator starts");
-        self.operator = Some(child);
+            .expect("mcs-operator starts")
     }
 
     /// Kills the operator and every process it started (its `qemu-img`) with SIGKILL, as
