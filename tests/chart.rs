@@ -1250,3 +1250,34 @@ fn deploy_applied_to_a_real_api_server() {
     let pod = wait_for_pod(&plane, "with hostPath storage", pod_uses_host_path);
     eprintln!("the hostPath overlay's Pod {pod} was admitted by the relaxed namespace");
 }
+
+#[test]
+fn chart_readme_describes_every_value() {
+    let values: Value = serde_yaml::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.yaml")).expect("values.yaml"),
+    )
+    .expect("values.yaml parses");
+    let readme = std::fs::read_to_string(chart_dir().join("README.md")).expect("chart README");
+    // The first cell of each row of the values table.
+    let keys: Vec<&str> = readme
+        .lines()
+        .filter(|l| l.starts_with("| `"))
+        .map(|l| l.split('|').nth(1).expect("a first cell"))
+        .collect();
+    let schema: Value = serde_json::from_str(
+        &std::fs::read_to_string(chart_dir().join("values.schema.json")).expect("schema"),
+    )
+    .expect("values.schema.json parses");
+    for key in values.as_object().expect("values are a map").keys() {
+        assert!(
+            keys.iter().any(
+                |cell| cell.contains(&format!("`{key}`")) || cell.contains(&format!("`{key}."))
+            ),
+            "charts/mcs-operator/README.md has no row for the value {key}"
+        );
+        assert!(
+            schema["properties"].get(key).is_some(),
+            "values.schema.json does not describe {key}"
+        );
+    }
+}
