@@ -760,10 +760,11 @@ fn schema_rejects_bad_values_naming_the_field() {
             stderr.contains(field),
             "helm template {args:?} was refused without naming {field}: {stderr}"
         );
-        eprintln!(
-            "refused {args:?}: {}",
-            stderr.lines().last().unwrap_or("").trim()
-        );
+        let line = stderr
+            .lines()
+            .find(|l| l.contains(field))
+            .unwrap_or_default();
+        eprintln!("refused {args:?}: {}", line.trim());
     }
 }
 
