@@ -72,17 +72,27 @@ pub fn kubectl_path() -> Option<PathBuf> {
     })
 }
 
-/// A control plane from `assets` with the committed CRDs installed.
-fn start_control_plane(assets: &Path) -> Result<ControlPlane, String> {
+/// A control plane from `assets` with the committed CRDs installed, its configuration then
+/// adjusted by `configure`.
+fn start_control_plane(
+    assets: &Path,
+    configure: impl FnOnce(&mut ControlPlaneConfig),
+) -> Result<ControlPlane, String> {
     let started = Instant::now();
     let mut config = ControlPlaneConfig::new(assets);
     config.crds = vec![crd_dir()];
+    configure(&mut config);
     let plane = ControlPlane::start(&config).map_err(|e| format!("{e:#}"))?;
     eprintln!(
-        "real control plane from {} at {} ready in {:.1} s (CRDs installed with kubectl)",
+        "real control plane from {} at {} ready in {:.1} s ({})",
         assets.display(),
         plane.url(),
-        started.elapsed().as_secs_f64()
+        started.elapsed().as_secs_f64(),
+        if config.crds.is_empty() {
+            "no CRDs installed"
+        } else {
+            "CRDs installed with kubectl"
+        }
     );
     Ok(plane)
 }
@@ -90,7 +100,7 @@ fn start_control_plane(assets: &Path) -> Result<ControlPlane, String> {
 /// The control plane of this test process ([`Mode::Assets`]), started on first use.
 fn control_plane(assets: &Path) -> &'static ControlPlane {
     static PLANE: OnceLock<Result<ControlPlane, String>> = OnceLock::new();
-    match PLANE.get_or_init(|| start_control_plane(assets)) {
+    match PLANE.get_or_init(|| start_control_plane(assets, |_| {})) {
         Ok(plane) => plane,
         Err(error) => panic!("the real control plane did not start: {error}"),
     }
@@ -125,22 +135,28 @@ impl Cluster {
     /// Connects to the API server chosen by [`mode`] and creates the namespace
     /// `mcs-<test>-<random>`.
     pub async fn start(test: &str) -> Cluster {
-        Self::start_inner(test, false).await
+        Self::start_inner(test, None).await
     }
 
     /// Like [`Cluster::start`], but with [`Mode::Assets`] the test gets a control plane of its
     /// own (not the one its process shares), so it may restart its components
     /// ([`Cluster::control_plane`]) without disturbing other tests.
     pub async fn start_private(test: &str) -> Cluster {
-        Self::start_inner(test, true).await
+        Self::start_inner(test, Some(|_| {})).await
     }
 
-    async fn start_inner(test: &str, private: bool) -> Cluster {
+    /// Like [`Cluster::start_private`], with the own control plane's configuration adjusted by
+    /// `configure` first (an audit log, no CRDs, ...).
+    pub async fn start_private_with(test: &str, configure: fn(&mut ControlPlaneConfig)) -> Cluster {
+        Self::start_inner(test, Some(configure)).await
+    }
+
+    async fn start_inner(test: &str, private: Option<fn(&mut ControlPlaneConfig)>) -> Cluster {
         super::init_logging();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut own = None;
-        let (server, kubeconfig) = match mode() {
-            Mode::TestServer => {
+        let (server, kubeconfig) = match (mode(), private) {
+            (Mode::TestServer, _) => {
                 let server = TestApiServer::start(TestApiConfig {
                     crd_dir: Some(crd_dir()),
                     tls: true,
@@ -152,23 +168,26 @@ impl Cluster {
                 std::fs::write(&kubeconfig, server.kubeconfig_yaml()).expect("kubeconfig");
                 (Some(server), kubeconfig)
             }
-            Mode::Kubeconfig(path) => {
+            (Mode::Kubeconfig(path), _) => {
                 let p = path.clone();
                 tokio::task::spawn_blocking(move || install_crds_once(&p))
                     .await
                     .expect("CRD install");
                 (None, path)
             }
-            Mode::Assets(assets) if private => {
-                let plane = tokio::task::spawn_blocking(move || start_control_plane(&assets))
-                    .await
-                    .expect("control plane")
-                    .unwrap_or_else(|e| panic!("the test's own control plane did not start: {e}"));
+            (Mode::Assets(assets), Some(configure)) => {
+                let plane =
+                    tokio::task::spawn_blocking(move || start_control_plane(&assets, configure))
+                        .await
+                        .expect("control plane")
+                        .unwrap_or_else(|e| {
+                            panic!("the test's own control plane did not start: {e}")
+                        });
                 let kubeconfig = plane.kubeconfig_path().to_owned();
                 own = Some(plane);
                 (None, kubeconfig)
             }
-            Mode::Assets(assets) => {
+            (Mode::Assets(assets), None) => {
                 let plane = tokio::task::spawn_blocking(move || control_plane(&assets))
                     .await
                     .expect("control plane");

@@ -9,6 +9,10 @@
 //! *before* the controller manager starts, so its garbage collector knows their kinds from its
 //! first discovery (otherwise it notices new kinds only on its 30 s rescan).
 //!
+//! With [`ControlPlaneConfig::audit_log`] the API server writes an audit log (every request at
+//! level `Metadata`, in JSON), which [`ControlPlane::audit_events`] reads back: who did what to
+//! which resource, and the answer's status code.
+//!
 //! The processes share one process group. A small watchdog kills that group when the test
 //! process exits, because a control plane kept in a `static` is never dropped.
 
@@ -40,6 +44,12 @@ pub struct ControlPlaneConfig {
     pub controller_manager: bool,
     /// How long each component may take to become ready.
     pub timeout: Duration,
+    /// Whether the API server writes an audit log of every request (see
+    /// [`ControlPlane::audit_events`]).
+    pub audit_log: bool,
+    /// Admission plugins to enable on top of the API server's defaults (such as
+    /// `OwnerReferencesPermissionEnforcement`).
+    pub admission_plugins: Vec<String>,
 }
 
 impl ControlPlaneConfig {
@@ -50,6 +60,8 @@ impl ControlPlaneConfig {
             crds: Vec::new(),
             controller_manager: true,
             timeout: Duration::from_secs(60),
+            audit_log: false,
+            admission_plugins: Vec::new(),
         }
     }
 
@@ -75,6 +87,7 @@ pub struct ControlPlane {
     timeout: Duration,
     watchdog: Option<Child>,
     controller_manager: bool,
+    audit_log: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for ControlPlane {
@@ -149,6 +162,7 @@ impl ControlPlane {
             timeout: config.timeout,
             watchdog: None,
             controller_manager: false,
+            audit_log: None,
             dir,
         };
         let etcd_url = format!("http://127.0.0.1:{etcd_port}");
@@ -169,31 +183,46 @@ impl ControlPlane {
             ],
         )?;
         plane.start_watchdog()?;
-        plane.launch(
-            &config.assets,
-            "kube-apiserver",
-            &[
-                "--advertise-address=127.0.0.1".into(),
-                "--bind-address=127.0.0.1".into(),
-                format!("--secure-port={api_port}"),
-                format!("--etcd-servers={etcd_url}"),
-                format!("--client-ca-file={}", pki.ca.display()),
-                format!("--tls-cert-file={}", pki.serving_cert.display()),
-                format!("--tls-private-key-file={}", pki.serving_key.display()),
-                "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
-                format!("--service-account-key-file={}", pki.sa_pub.display()),
-                format!(
-                    "--service-account-signing-key-file={}",
-                    pki.sa_key.display()
-                ),
-                "--authorization-mode=RBAC".into(),
-                "--service-cluster-ip-range=10.96.0.0/16".into(),
-                "--endpoint-reconciler-type=none".into(),
-                "--allow-privileged=true".into(),
-                "--profiling=false".into(),
-                "--v=1".into(),
-            ],
-        )?;
+        let mut apiserver_args: Vec<String> = vec![
+            "--advertise-address=127.0.0.1".into(),
+            "--bind-address=127.0.0.1".into(),
+            format!("--secure-port={api_port}"),
+            format!("--etcd-servers={etcd_url}"),
+            format!("--client-ca-file={}", pki.ca.display()),
+            format!("--tls-cert-file={}", pki.serving_cert.display()),
+            format!("--tls-private-key-file={}", pki.serving_key.display()),
+            "--service-account-issuer=https://kubernetes.default.svc.cluster.local".into(),
+            format!("--service-account-key-file={}", pki.sa_pub.display()),
+            format!(
+                "--service-account-signing-key-file={}",
+                pki.sa_key.display()
+            ),
+            "--authorization-mode=RBAC".into(),
+            "--service-cluster-ip-range=10.96.0.0/16".into(),
+            "--endpoint-reconciler-type=none".into(),
+            "--allow-privileged=true".into(),
+            "--profiling=false".into(),
+            "--v=1".into(),
+        ];
+        if !config.admission_plugins.is_empty() {
+            apiserver_args.push(format!(
+                "--enable-admission-plugins={}",
+                config.admission_plugins.join(",")
+            ));
+        }
+        if config.audit_log {
+            let policy = plane.dir.path().join("audit-policy.yaml");
+            fs::write(&policy, AUDIT_POLICY)?;
+            let log = plane.dir.path().join("logs").join("audit.log");
+            apiserver_args.extend([
+                format!("--audit-policy-file={}", policy.display()),
+                format!("--audit-log-path={}", log.display()),
+                "--audit-log-format=json".into(),
+                "--audit-log-mode=blocking".into(),
+            ]);
+            plane.audit_log = Some(log);
+        }
+        plane.launch(&config.assets, "kube-apiserver", &apiserver_args)?;
         plane.wait_for("kube-apiserver /readyz", config.timeout, |p| {
             p.kubectl_ok(&["get", "--raw=/readyz"])
         })?;
@@ -255,6 +284,24 @@ impl ControlPlane {
     /// Whether `kube-controller-manager` runs (garbage collection, namespace deletion).
     pub fn has_controller_manager(&self) -> bool {
         self.controller_manager
+    }
+
+    /// The audit log file, when the plane was started with [`ControlPlaneConfig::audit_log`].
+    pub fn audit_log_path(&self) -> Option<&Path> {
+        self.audit_log.as_deref()
+    }
+
+    /// The requests the API server has audited so far, in order, one entry per request: the
+    /// `ResponseComplete` record, or for a request still running (an open watch) its
+    /// `ResponseStarted` one. Fails when the plane has no audit log.
+    pub fn audit_events(&self) -> anyhow::Result<Vec<AuditEvent>> {
+        let path = self
+            .audit_log
+            .as_deref()
+            .context("the control plane was started without an audit log (audit_log: false)")?;
+        let text = fs::read_to_string(path)
+            .with_context(|| format!("reading the audit log {}", path.display()))?;
+        parse_audit_log(&text)
     }
 
     /// The folder holding the certificates, the etcd data and the components' logs.
@@ -449,6 +496,91 @@ impl Drop for ControlPlane {
     }
 }
 
+/// The audit policy of a plane started with [`ControlPlaneConfig::audit_log`]: every request at
+/// level `Metadata` (user, verb, object reference, response code; no bodies). `ResponseStarted`
+/// is kept because a watch that is still open has no `ResponseComplete` record yet.
+const AUDIT_POLICY: &str = "apiVersion: audit.k8s.io/v1
+kind: Policy
+omitStages:
+- RequestReceived
+rules:
+- level: Metadata
+";
+
+/// One audited request, as [`ControlPlane::audit_events`] returns it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AuditEvent {
+    /// The API server's id of the request.
+    pub audit_id: String,
+    /// The stage of the record: `ResponseComplete`, `ResponseStarted` (a running watch) or
+    /// `Panic`.
+    pub stage: String,
+    /// The authenticated user (`system:serviceaccount:NS:NAME` for a ServiceAccount token).
+    pub username: String,
+    /// The Kubernetes verb (`get`, `list`, `watch`, `create`, `update`, `patch`, `delete`,
+    /// `deletecollection`), or the HTTP one in lower case for a non-resource URL.
+    pub verb: String,
+    /// The request's path and query.
+    pub request_uri: String,
+    /// The API group of the object (`""` for the core group); `None` for a non-resource URL.
+    pub api_group: Option<String>,
+    /// The resource (plural), `None` for a non-resource URL such as `/apis` or `/version`.
+    pub resource: Option<String>,
+    /// The subresource (`status`, `scale`, `finalizers`, ...).
+    pub subresource: Option<String>,
+    /// The namespace of the object (or of the collection).
+    pub namespace: Option<String>,
+    /// The object's name, for a request about one object.
+    pub name: Option<String>,
+    /// The HTTP status code of the answer (for a running watch, the one it started with).
+    pub code: Option<u16>,
+    /// The client's User-Agent header.
+    pub user_agent: Option<String>,
+}
+
+/// Parses a JSON-lines audit log (`--audit-log-format=json`) into one [`AuditEvent`] per
+/// request (its latest stage), in the order requests first appear.
+pub fn parse_audit_log(text: &str) -> anyhow::Result<Vec<AuditEvent>> {
+    let mut events: Vec<AuditEvent> = Vec::new();
+    let mut index = std::collections::HashMap::new();
+    for (number, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = serde_json::from_str(line)
+            .with_context(|| format!("audit log line {} is not JSON", number + 1))?;
+        let text = |v: &serde_json::Value| v.as_str().map(str::to_owned);
+        let object = &value["objectRef"];
+        let event = AuditEvent {
+            audit_id: text(&value["auditID"])
+                .with_context(|| format!("audit log line {} has no auditID", number + 1))?,
+            stage: text(&value["stage"]).unwrap_or_default(),
+            username: text(&value["user"]["username"]).unwrap_or_default(),
+            verb: text(&value["verb"]).unwrap_or_default(),
+            request_uri: text(&value["requestURI"]).unwrap_or_default(),
+            api_group: object
+                .is_object()
+                .then(|| text(&object["apiGroup"]).unwrap_or_default()),
+            resource: text(&object["resource"]),
+            subresource: text(&object["subresource"]),
+            namespace: text(&object["namespace"]),
+            name: text(&object["name"]),
+            code: value["responseStatus"]["code"]
+                .as_u64()
+                .and_then(|c| u16::try_from(c).ok()),
+            user_agent: text(&value["userAgent"]),
+        };
+        match index.get(&event.audit_id) {
+            Some(&at) => events[at] = event,
+            None => {
+                index.insert(event.audit_id.clone(), events.len());
+                events.push(event);
+            }
+        }
+    }
+    Ok(events)
+}
+
 /// Installs CRD manifests (files or folders) on the cluster of `kubeconfig` with `kubectl apply
 /// --server-side` and waits until each is Established.
 pub fn install_crds(kubectl: &Path, kubeconfig: &Path, paths: &[PathBuf]) -> anyhow::Result<()> {
@@ -572,4 +704,40 @@ current-context: mcs-test
         cert = b64(&pki.admin_cert_pem),
         key = b64(&pki.admin_key_pem),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audit_log_keeps_the_latest_stage_of_each_request() {
+        let log = r#"{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseStarted","requestURI":"/apis/mcs.imaging.dev/v1alpha1/namespaces/x/provvms?watch=true","verb":"watch","user":{"username":"system:serviceaccount:mcs-system:op"},"objectRef":{"resource":"provvms","namespace":"x","apiGroup":"mcs.imaging.dev","apiVersion":"v1alpha1"},"responseStatus":{"metadata":{},"code":200}}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"b","stage":"ResponseComplete","requestURI":"/api/v1/namespaces/x/secrets/s","verb":"get","user":{"username":"u"},"objectRef":{"resource":"secrets","namespace":"x","name":"s","apiVersion":"v1"},"responseStatus":{"metadata":{},"status":"Failure","reason":"Forbidden","code":403}}
+
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"c","stage":"ResponseComplete","requestURI":"/apis","verb":"get","user":{"username":"u"},"responseStatus":{"metadata":{},"code":200}}
+{"kind":"Event","apiVersion":"audit.k8s.io/v1","level":"Metadata","auditID":"a","stage":"ResponseComplete","requestURI":"/apis/mcs.imaging.dev/v1alpha1/namespaces/x/provvms?watch=true","verb":"watch","user":{"username":"system:serviceaccount:mcs-system:op"},"objectRef":{"resource":"provvms","namespace":"x","apiGroup":"mcs.imaging.dev","apiVersion":"v1alpha1"},"responseStatus":{"metadata":{},"code":200}}
+"#;
+        let events = parse_audit_log(log).expect("parses");
+        let ids: Vec<(&str, &str)> = events
+            .iter()
+            .map(|e| (e.audit_id.as_str(), e.stage.as_str()))
+            .collect();
+        assert_eq!(
+            ids,
+            [
+                ("a", "ResponseComplete"),
+                ("b", "ResponseComplete"),
+                ("c", "ResponseComplete")
+            ]
+        );
+        assert_eq!(events[0].api_group.as_deref(), Some("mcs.imaging.dev"));
+        assert_eq!(events[0].verb, "watch");
+        assert_eq!(events[1].api_group.as_deref(), Some(""), "the core group");
+        assert_eq!(events[1].code, Some(403));
+        assert_eq!(events[1].name.as_deref(), Some("s"));
+        assert_eq!(events[2].api_group, None, "a non-resource URL");
+        assert_eq!(events[2].resource, None);
+        assert!(parse_audit_log("not json").is_err());
+    }
 }
