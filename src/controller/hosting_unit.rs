@@ -173,6 +173,12 @@ async fn reconcile(
         },
     };
     let generation = unit.metadata.generation;
+    let inventory = inventory.map(|mut next| {
+        if let Some(before) = &current.inventory {
+            settle_free_bytes(before, &mut next);
+        }
+        next
+    });
     let status = HostingUnitStatus {
         observed_generation: generation,
         inventory,
@@ -266,6 +272,31 @@ pub async fn run(context: Arc<Context>) {
         .await;
 }
 
+/// How far a storage's free space must move before the status says so: 1 % of it, at least
+/// 64 MiB. Without this, every write to the storage (etcd's or the machines' own) would make a
+/// status write, which triggers the next reconcile, which sees new free space again.
+const FREE_BYTES_TOLERANCE_MIN: i64 = 64 << 20;
+
+/// Keeps the free bytes of `before` in `next` for each storage whose free space moved by less
+/// than the tolerance, so that small changes make no status write.
+pub fn settle_free_bytes(before: &HostingUnitInventory, next: &mut HostingUnitInventory) {
+    for storage in &mut next.storages {
+        let Some(old) = before
+            .storages
+            .iter()
+            .find(|s| s.name == storage.name && s.found == storage.found)
+            .and_then(|s| s.free_bytes)
+        else {
+            continue;
+        };
+        if let Some(new) = storage.free_bytes
+            && (new - old).abs() < FREE_BYTES_TOLERANCE_MIN.max(old / 100)
+        {
+            storage.free_bytes = Some(old);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -354,5 +385,48 @@ mod tests {
         assert_eq!(conditions[0].reason, "StorageNotFound");
         assert!(conditions[0].message.contains("spec.storages[secondary]"));
         assert!(conditions[1].status);
+    }
+
+    #[test]
+    fn small_free_space_changes_make_no_status_change() {
+        let storage = |free| StorageInventory {
+            name: "images".into(),
+            found: true,
+            free_bytes: Some(free),
+        };
+        let before = HostingUnitInventory {
+            storages: vec![storage(100 << 30)],
+            ..HostingUnitInventory::default()
+        };
+        let mut next = HostingUnitInventory {
+            storages: vec![storage((100 << 30) - (500 << 20))],
+            ..HostingUnitInventory::default()
+        };
+        settle_free_bytes(&before, &mut next);
+        assert_eq!(next, before, "500 MiB of 100 GiB is below 1 %");
+        let mut next = HostingUnitInventory {
+            storages: vec![storage(90 << 30)],
+            ..HostingUnitInventory::default()
+        };
+        settle_free_bytes(&before, &mut next);
+        assert_eq!(
+            next.storages[0].free_bytes,
+            Some(90 << 30),
+            "10 % is reported"
+        );
+        let small = HostingUnitInventory {
+            storages: vec![storage(1 << 30)],
+            ..HostingUnitInventory::default()
+        };
+        let mut next = HostingUnitInventory {
+            storages: vec![storage((1 << 30) - (65 << 20))],
+            ..HostingUnitInventory::default()
+        };
+        settle_free_bytes(&small, &mut next);
+        assert_eq!(
+            next.storages[0].free_bytes,
+            Some((1 << 30) - (65 << 20)),
+            "64 MiB is reported"
+        );
     }
 }
