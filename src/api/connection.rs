@@ -75,6 +75,16 @@ pub struct LocalConnection {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub operation_timeout_seconds: Option<i64>,
+    /// Each image copy (consolidation, replication) reads at most this many MiB per second
+    /// (`qemu-img convert -r`), to spare storage shared with running machines (default: no
+    /// limit).
+    #[serde(
+        default,
+        rename = "maxCopyRateMiBPerSecond",
+        skip_serializing_if = "Option::is_none"
+    )]
+    #[schemars(range(min = 1, max = 1048576))]
+    pub max_copy_rate_mib_per_second: Option<i64>,
 }
 
 /// A named directory on the operator's storage.

@@ -123,6 +123,10 @@ pub fn local_config(
                 .and_then(|s| u64::try_from(s).ok())
                 .unwrap_or(3600),
         ),
+        copy_rate_limit: local
+            .max_copy_rate_mib_per_second
+            .and_then(|rate| u64::try_from(rate).ok())
+            .map(|rate| rate << 20),
         ..LocalConfig::default()
     })
 }

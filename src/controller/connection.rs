@@ -255,6 +255,7 @@ mod tests {
                 ],
                 max_concurrent_operations: None,
                 operation_timeout_seconds: None,
+                max_copy_rate_mib_per_second: None,
             }),
             kube_virt: None,
             credentials_secret_ref: secret.then(|| SecretReference {

@@ -65,6 +65,8 @@ pub struct LocalConfig {
     pub max_parallel: Option<usize>,
     /// Timeout of one qemu-img process.
     pub qemu_timeout: Duration,
+    /// Each image copy reads at most this many bytes per second (`None`: no limit).
+    pub copy_rate_limit: Option<u64>,
     /// The qemu-img program.
     pub qemu_img: PathBuf,
 }
@@ -77,6 +79,7 @@ impl Default for LocalConfig {
             service_offerings: Vec::new(),
             max_parallel: None,
             qemu_timeout: Duration::from_secs(3600),
+            copy_rate_limit: None,
             qemu_img: PathBuf::from("qemu-img"),
         }
     }
@@ -235,7 +238,8 @@ impl LocalBackend {
                 .map(|n| n.get())
                 .unwrap_or(1)
         });
-        let qemu = QemuImg::new(config.qemu_img.clone(), parallel, config.qemu_timeout);
+        let qemu = QemuImg::new(config.qemu_img.clone(), parallel, config.qemu_timeout)
+            .with_copy_rate_limit(config.copy_rate_limit);
         Ok(Self {
             inner: Arc::new(Inner { config, qemu }),
             ops: Arc::new(Mutex::new(HashMap::new())),

@@ -151,6 +151,7 @@ pub struct QemuImg {
     program: PathBuf,
     limiter: Arc<Semaphore>,
     timeout: Duration,
+    copy_rate_limit: Option<u64>,
 }
 
 impl QemuImg {
@@ -161,6 +162,15 @@ impl QemuImg {
             program: program.into(),
             limiter: Arc::new(Semaphore::new(max_parallel.max(1))),
             timeout,
+            copy_rate_limit: None,
+        }
+    }
+
+    /// Limits every [`QemuImg::convert`] to `bytes_per_second` (`qemu-img convert -r`).
+    pub fn with_copy_rate_limit(self, bytes_per_second: Option<u64>) -> Self {
+        Self {
+            copy_rate_limit: bytes_per_second.filter(|rate| *rate > 0),
+            ..self
         }
     }
 
@@ -336,6 +346,10 @@ impl QemuImg {
             "-O".into(),
             "qcow2".into(),
         ];
+        if let Some(rate) = self.copy_rate_limit {
+            args.push("-r".into());
+            args.push(rate.to_string().into());
+        }
         if let Some(s) = snapshot {
             args.push("-l".into());
             args.push(snapshot_opt(s));

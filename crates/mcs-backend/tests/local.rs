@@ -1234,3 +1234,41 @@ async fn failed_convert_removes_what_it_half_wrote() {
         assert!(!f.base.join("s1/prepared/img.qcow2").exists());
     }
 }
+
+/// `copy_rate_limit` reaches every image copy as `qemu-img convert -r <bytes per second>`, and
+/// the limited copy still makes a correct image.
+#[tokio::test]
+async fn copy_rate_limit_is_passed_to_every_convert() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let probe = Fixture::new();
+    let log = probe.base.join("qemu-img-args.log");
+    let wrapper = probe.base.join("qemu-img-logging");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\necho \"$*\" >> {}\nexec qemu-img \"$@\"\n",
+            log.display()
+        ),
+    )
+    .expect("wrapper");
+    fs::set_permissions(&wrapper, fs::Permissions::from_mode(0o755)).expect("mode");
+    let f = Fixture::with(|c| {
+        c.qemu_img = wrapper;
+        c.copy_rate_limit = Some(512 * MIB);
+    });
+    let img = f
+        .prepare(
+            "limited",
+            r"XDHyp:\HostingUnits\hu\win11.vm\base.snapshot",
+            &["s1", "s2"],
+        )
+        .await
+        .expect("prepared");
+    assert!(img.copies.iter().all(|c| reads(&c.path, 0xab, 0, 1)));
+    let args = fs::read_to_string(&log).expect("log");
+    let converts: Vec<&str> = args.lines().filter(|l| l.starts_with("convert")).collect();
+    assert!(!converts.is_empty(), "{args}");
+    for line in converts {
+        assert!(line.contains(&format!("-r {}", 512 * MIB)), "{line}");
+    }
+}
