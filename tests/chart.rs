@@ -17,6 +17,8 @@
 //! control plane's or the one on `PATH`. A test whose tool or server is missing says it skipped
 //! and passes, except under CI (`CI` set), where a missing helm or kubectl fails.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::io::Write as _;
 use std::path::{Path, PathBuf};
@@ -26,6 +28,7 @@ use std::time::{Duration, Instant};
 use mcs_testapi::control_plane::{ControlPlane, ControlPlaneConfig};
 use serde::Deserialize as _;
 use serde_json::Value;
+use support::tools::{Helm, missing, repo, works};
 
 /// The release name and namespace of every render: those for which the chart's object names
 /// equal `deploy/`'s.
@@ -132,74 +135,11 @@ const VALUE_SETS: &[ValueSet] = &[
     },
 ];
 
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
 fn chart_dir() -> PathBuf {
     repo().join("charts/mcs-operator")
 }
 
-/// Whether this runs in CI, where missing tools are failures rather than skips.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// Whether `path` runs `path ARGS...` successfully.
-fn works(path: &Path, args: &[&str]) -> bool {
-    Command::new(path)
-        .args(args)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .is_ok_and(|s| s.success())
-}
-
-/// A missing tool: a failure under CI, else a plain skip note.
-fn missing(test: &str, what: &str) {
-    if in_ci() {
-        panic!("{test}: CI is set but {what} is missing: run scripts/k8s-tools");
-    }
-    eprintln!("{test}: SKIPPED: {what} is missing (run scripts/k8s-tools)");
-}
-
-/// The real helm, with its config, cache and data folders in a temporary folder.
-struct Helm {
-    path: PathBuf,
-    home: tempfile::TempDir,
-}
-
 impl Helm {
-    /// helm from `HELM` or `target/k8s-tools/helm`; `None` (after saying so) when missing.
-    fn find(test: &str) -> Option<Helm> {
-        let candidates = [
-            std::env::var_os("HELM").map(PathBuf::from),
-            Some(repo().join("target/k8s-tools/helm")),
-        ];
-        let Some(path) = candidates
-            .into_iter()
-            .flatten()
-            .find(|p| works(p, &["version", "--short"]))
-        else {
-            missing(test, "helm (HELM or target/k8s-tools/helm)");
-            return None;
-        };
-        let home = tempfile::tempdir().expect("helm home");
-        Some(Helm { path, home })
-    }
-
-    fn command(&self) -> Command {
-        let mut command = Command::new(&self.path);
-        for (var, dir) in [
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_DATA_HOME", "data"),
-        ] {
-            command.env(var, self.home.path().join(dir));
-        }
-        command
-    }
-
     /// `helm template` of the chart as release [`RELEASE`] in [`NAMESPACE`].
     fn template(&self, args: &[&str]) -> Output {
         self.command()

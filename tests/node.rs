@@ -22,6 +22,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use mcs_operator::api::{ImageVersionSpec, ProvScheme, ProvVm, TaskState, UpdateStatus};
 use serde_json::{Value, json};
+use support::tools::{Helm, repo};
 
 /// How long a step on the node may take (image import, Pod start, a flow).
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -31,14 +32,6 @@ const USERS: &str = "vdi";
 const HELM_NS: &str = "mcs-helm";
 /// The image the test builds and imports.
 const IMAGE_REF: &str = "localhost/mcs-operator:node-test";
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
 
 /// Runs `command`; panics with its output when it fails; returns stdout and stderr.
 fn run(command: &mut Command) -> String {
@@ -149,48 +142,6 @@ impl Drop for Node {
         let _ = Command::new(repo().join("../shared/kube/stop"))
             .arg(&self.dir)
             .output();
-    }
-}
-
-/// The real helm with its folders in a temporary directory.
-struct Helm {
-    path: PathBuf,
-    home: tempfile::TempDir,
-    kubeconfig: PathBuf,
-}
-
-impl Helm {
-    fn find(kubeconfig: &Path) -> Option<Helm> {
-        let path = std::env::var_os("HELM")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| repo().join("target/k8s-tools/helm"));
-        if !path.is_file() {
-            assert!(
-                !in_ci(),
-                "CI is set but helm is missing: run scripts/k8s-tools"
-            );
-            eprintln!(
-                "node: SKIPPED: no helm (HELM or target/k8s-tools/helm; run scripts/k8s-tools)"
-            );
-            return None;
-        }
-        Some(Helm {
-            path,
-            home: tempfile::tempdir().expect("helm home"),
-            kubeconfig: kubeconfig.to_path_buf(),
-        })
-    }
-
-    fn run(&self, args: &[&str]) -> String {
-        let mut command = Command::new(&self.path);
-        for (var, dir) in [
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_DATA_HOME", "data"),
-        ] {
-            command.env(var, self.home.path().join(dir));
-        }
-        run(command.arg("--kubeconfig").arg(&self.kubeconfig).args(args))
     }
 }
 
@@ -410,8 +361,14 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
     let Some(node) = Node::start().await else {
         return;
     };
-    let Some(helm) = Helm::find(&node.kubeconfig) else {
+    let Some(helm) = Helm::find("node") else {
         return;
+    };
+    let kubeconfig = node.kubeconfig.to_str().expect("utf-8 path");
+    let helm = |args: &[&str]| {
+        let mut all = vec!["--kubeconfig", kubeconfig];
+        all.extend_from_slice(args);
+        helm.run(&all)
     };
     let work = tempfile::tempdir().expect("tempdir");
     let storage = work.path().join("storage");
@@ -438,7 +395,7 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
     std::fs::write(&values, helm_values(&node, &storage, lease, true)).expect("values");
     let chart = repo().join("charts/mcs-operator");
     let chart = chart.to_str().expect("utf-8 path");
-    let install = helm.run(&[
+    let install = helm(&[
         "install",
         "mcs-node",
         chart,
@@ -522,7 +479,7 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
             .is_some_and(|t| t.task_state.is_running() && t.task_progress > 0)
     })
     .await;
-    let upgrade = helm.run(&[
+    let upgrade = helm(&[
         "upgrade",
         "mcs-node",
         chart,
@@ -562,7 +519,7 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
     // need the same ports on the same host); deleting the leader Pod hands the lease over.
     let values_b = work.path().join("values-b.json");
     std::fs::write(&values_b, helm_values(&node, &storage, lease, false)).expect("values");
-    helm.run(&[
+    helm(&[
         "install",
         "mcs-node-b",
         chart,
@@ -612,7 +569,7 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
 
     // helm uninstall keeps the CRDs, the users' objects and their disks.
     for release in ["mcs-node-b", "mcs-node"] {
-        let out = helm.run(&["uninstall", release, "-n", HELM_NS, "--wait"]);
+        let out = helm(&["uninstall", release, "-n", HELM_NS, "--wait"]);
         println!("$ helm uninstall {release}\n{out}");
     }
     let crds = node.kubectl(&["get", "crd", "-o", "name"]);

@@ -45,6 +45,7 @@ use mcs_testapi::control_plane::{AuditEvent, ControlPlaneConfig};
 use serde_json::{Value, json};
 use support::cluster::{Cluster, Mode, mode};
 use support::operator::{Harness, PREPARED, SCHEME, TIMEOUT, ready, task_state};
+use support::tools::{Helm, output, repo};
 
 /// The namespace both installations use.
 const NAMESPACE: &str = "mcs-system";
@@ -631,77 +632,6 @@ fn scheme_cli(h: &Harness, kubeconfig: &Path, args: &[&str]) -> String {
     );
     eprintln!("$ mcs-operator scheme {}\n{text}", args.join(" "));
     text
-}
-
-/// What `command` printed on stdout; panics with its output when it fails.
-fn output(command: &mut Command) -> String {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} does not run: {e}"));
-    assert!(
-        out.status.success(),
-        "{command:?} failed ({}):\n{}{}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn repo() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// Whether this runs in CI, where missing tools are failures rather than skips.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !v.is_empty() && v != "0" && v != "false")
-}
-
-/// The real helm, with its config, cache and data folders in a temporary folder.
-struct Helm {
-    path: PathBuf,
-    home: tempfile::TempDir,
-}
-
-impl Helm {
-    /// helm from `HELM` or `target/k8s-tools/helm`; `None` (after saying so) when missing.
-    fn find(test: &str) -> Option<Helm> {
-        let candidates = [
-            std::env::var_os("HELM").map(PathBuf::from),
-            Some(repo().join("target/k8s-tools/helm")),
-        ];
-        let found = candidates.into_iter().flatten().find(|p| {
-            Command::new(p)
-                .args(["version", "--short"])
-                .output()
-                .is_ok_and(|o| o.status.success())
-        });
-        let Some(path) = found else {
-            assert!(
-                !in_ci(),
-                "{test}: CI is set but helm is missing (HELM or target/k8s-tools/helm): run scripts/k8s-tools"
-            );
-            eprintln!(
-                "{test}: SKIPPED: helm is missing (HELM or target/k8s-tools/helm; run scripts/k8s-tools)"
-            );
-            return None;
-        };
-        let home = tempfile::tempdir().expect("helm home");
-        Some(Helm { path, home })
-    }
-
-    /// `helm ARGS`; what it printed on stdout.
-    fn run(&self, args: &[&str]) -> String {
-        let mut command = Command::new(&self.path);
-        for (var, dir) in [
-            ("HELM_CONFIG_HOME", "config"),
-            ("HELM_CACHE_HOME", "cache"),
-            ("HELM_DATA_HOME", "data"),
-        ] {
-            command.env(var, self.home.path().join(dir));
-        }
-        output(command.args(args))
-    }
 }
 
 /// The documents of a multi-document YAML stream (empty ones left out).

@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod operator;
+pub mod tools;
 
 use std::process::Command;
 
