@@ -153,6 +153,9 @@ async fn watch_drops_and_server_errors_are_survived() {
     h.start_operator();
     let after = h.apply_up_to_the_master().await;
 
+    // Twenty failed lists can hit one watcher in a row: kube's watcher then backs off
+    // exponentially up to 30 s, so the flow may legitimately need more than the usual minute.
+    h.timeout = Duration::from_secs(180);
     let faults = h.cluster.test_server().expect("test server").faults();
     faults.drop_watches();
     for verb in ["list", "watch", "patch"] {

@@ -42,6 +42,8 @@ pub struct Harness {
     pub operator_env: Vec<(String, String)>,
     /// The kubeconfig the operator uses instead of the cluster's (another identity).
     pub operator_kubeconfig: Option<PathBuf>,
+    /// How long [`Harness::wait`] waits (default [`TIMEOUT`]).
+    pub timeout: Duration,
 }
 
 impl Harness {
@@ -90,6 +92,7 @@ impl Harness {
             operator_args: Vec::new(),
             operator_env: Vec::new(),
             operator_kubeconfig: None,
+            timeout: TIMEOUT,
         }
     }
 
@@ -257,7 +260,7 @@ impl Harness {
             + std::fmt::Debug,
     {
         let api = self.api::<K>();
-        let deadline = Instant::now() + TIMEOUT;
+        let deadline = Instant::now() + self.timeout;
         loop {
             let last = api.get_opt(name).await;
             if let Ok(Some(object)) = &last

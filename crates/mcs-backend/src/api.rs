@@ -122,6 +122,12 @@ impl Operation {
             Self::DeletePreparedImage(_) => "DeletePreparedImage",
         }
     }
+
+    /// Whether the operation only reads (inventory, measuring): frequent and short, so it is
+    /// logged at debug level, while operations that change disks are logged at info level.
+    pub fn is_read_only(&self) -> bool {
+        matches!(self, Self::ResolveInventory(_) | Self::Measure(_))
+    }
 }
 
 /// The result of a finished operation.

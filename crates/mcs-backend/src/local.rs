@@ -296,7 +296,13 @@ impl LocalBackend {
         let inner = self.inner.clone();
         let op2 = op.clone();
         let handle = tokio::spawn(async move {
-            tracing::info!(%id, operation = op2.name(), "operation started");
+            let operation = op2.name();
+            let quiet = op2.is_read_only();
+            if quiet {
+                tracing::debug!(%id, operation, "operation started");
+            } else {
+                tracing::info!(%id, operation, "operation started");
+            }
             let res = inner.execute(op2, &progress).await;
             let mut s = lock(&progress.0);
             match &res {
@@ -304,12 +310,16 @@ impl LocalBackend {
                     s.phase = TaskState::Finished;
                     s.percent = 100;
                     s.message = "finished".into();
-                    tracing::info!(%id, "operation finished");
+                    if quiet {
+                        tracing::debug!(%id, operation, "operation finished");
+                    } else {
+                        tracing::info!(%id, operation, "operation finished");
+                    }
                 }
                 Err(e) => {
                     s.phase = e.task_state();
                     s.message = e.to_string();
-                    tracing::warn!(%id, reason = e.reason(), error = %e, "operation failed");
+                    tracing::warn!(%id, operation, reason = e.reason(), error = %e, "operation failed");
                 }
             }
             s.result = Some(res);
