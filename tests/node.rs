@@ -22,7 +22,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::{Api, Patch, PatchParams};
 use mcs_operator::api::{ImageVersionSpec, ProvScheme, ProvVm, TaskState, UpdateStatus};
 use serde_json::{Value, json};
-use support::tools::{Helm, repo};
+use support::operator::{make_master, wait_for};
+use support::tools::{Helm, output, repo};
 
 /// How long a step on the node may take (image import, Pod start, a flow).
 const TIMEOUT: Duration = Duration::from_secs(240);
@@ -32,20 +33,6 @@ const USERS: &str = "vdi";
 const HELM_NS: &str = "mcs-helm";
 /// The image the test builds and imports.
 const IMAGE_REF: &str = "localhost/mcs-operator:node-test";
-
-/// Runs `command`; panics with its output when it fails; returns stdout and stderr.
-fn run(command: &mut Command) -> String {
-    let out = command
-        .output()
-        .unwrap_or_else(|e| panic!("{command:?} runs: {e}"));
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(out.status.success(), "{command:?} failed:\n{text}");
-    text
-}
 
 /// A free TCP port on the machine (the node's Pods use the host network).
 fn free_port() -> u16 {
@@ -78,7 +65,7 @@ impl Node {
         if !start.is_file() {
             return skip("no ../shared/kube (a real control plane with a node)");
         }
-        if !run(Command::new("id").arg("-u")).trim().eq("0") {
+        if !output(Command::new("id").arg("-u")).trim().eq("0") {
             return skip("`start --with-node` needs root");
         }
         let dir = repo().join("target/node-kube");
@@ -86,9 +73,11 @@ impl Node {
             .arg(&dir)
             .output();
         let begun = Instant::now();
-        run(Command::new(&start)
-            .arg(&dir)
-            .args(["--with-node", "--fresh"]));
+        output(
+            Command::new(&start)
+                .arg(&dir)
+                .args(["--with-node", "--fresh"]),
+        );
         eprintln!(
             "node: control plane and node ready in {:.1} s",
             begun.elapsed().as_secs_f64()
@@ -111,18 +100,22 @@ impl Node {
     }
 
     fn kubectl(&self, args: &[&str]) -> String {
-        run(Command::new(&self.kubectl)
-            .arg("--kubeconfig")
-            .arg(&self.kubeconfig)
-            .args(args))
+        output(
+            Command::new(&self.kubectl)
+                .arg("--kubeconfig")
+                .arg(&self.kubeconfig)
+                .args(args),
+        )
     }
 
     /// Imports an image archive into the node's containerd.
     fn import(&self, archive: &Path) {
-        run(Command::new(repo().join("../shared/kube/image"))
-            .arg(&self.dir)
-            .arg("import")
-            .arg(archive));
+        output(
+            Command::new(repo().join("../shared/kube/image"))
+                .arg(&self.dir)
+                .arg("import")
+                .arg(archive),
+        );
     }
 }
 
@@ -151,25 +144,16 @@ fn make_storage(root: &Path, data_mib: u32) {
     let images = root.join("images");
     std::fs::create_dir_all(&images).expect("images");
     std::fs::create_dir_all(root.join("fast/lab")).expect("fast/lab");
-    let master = images.join(mcs_operator::dev::MASTER_FILE);
-    let m = master.to_string_lossy().to_string();
-    run(Command::new("qemu-img").args(["create", "-q", "-f", "qcow2", &m, "256M"]));
-    for chunk in 0..data_mib.div_ceil(32) {
-        let len = (data_mib - chunk * 32).min(32);
-        run(Command::new("qemu-io").args([
-            "-f",
-            "qcow2",
-            "-c",
-            &format!("write -q -P 0x{:02x} {}M {len}M", 0x20 + chunk, chunk * 32),
-            &m,
-        ]));
-    }
-    run(Command::new("qemu-img").args(["snapshot", "-c", "base", &m]));
-    run(Command::new("chown").args(["-R", "65532:65532"]).arg(root));
+    make_master(
+        &images.join(mcs_operator::dev::MASTER_FILE),
+        "256M",
+        data_mib,
+    );
+    output(Command::new("chown").args(["-R", "65532:65532"]).arg(root));
 }
 
 /// Waits until `check` accepts object `name` of the users' namespace.
-async fn wait_for<K>(node: &Node, name: &str, what: &str, check: impl Fn(&K) -> bool) -> K
+async fn wait_user<K>(node: &Node, name: &str, what: &str, check: impl Fn(&K) -> bool) -> K
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -177,20 +161,7 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::namespaced(node.client.clone(), USERS);
-    let deadline = Instant::now() + TIMEOUT;
-    loop {
-        let last = api.get_opt(name).await;
-        if let Ok(Some(object)) = &last
-            && check(object)
-        {
-            return object.clone();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "timed out waiting for {name}: {what}; last: {last:#?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    wait_for(&api, name, what, TIMEOUT, Duration::from_millis(250), check).await
 }
 
 fn task_state_of(spec: &ImageVersionSpec) -> Option<TaskState> {
@@ -202,7 +173,7 @@ fn task_state_of(spec: &ImageVersionSpec) -> Option<TaskState> {
 
 /// Waits until the scheme has `machines` machines, all UpToDate and Ready.
 async fn wait_machines(node: &Node, machines: i32) {
-    wait_for::<ProvScheme>(
+    wait_user::<ProvScheme>(
         node,
         "win11-desktops",
         &format!("{machines} machines UpToDate"),
@@ -377,10 +348,12 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
     // The image, built without a registry and imported into the node.
     let archive = work.path().join("image.tar");
     let begun = Instant::now();
-    run(Command::new(repo().join("scripts/image"))
-        .arg("--out")
-        .arg(&archive)
-        .args(["--ref", IMAGE_REF]));
+    output(
+        Command::new(repo().join("scripts/image"))
+            .arg("--out")
+            .arg(&archive)
+            .args(["--ref", IMAGE_REF]),
+    );
     node.import(&archive);
     println!(
         "image {IMAGE_REF}: {} MiB, built and imported in {:.1} s",
@@ -439,7 +412,7 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
     mcs_operator::dev::apply_objects(&node.client, USERS, &objects, "node-test")
         .await
         .expect("examples applied");
-    wait_for::<ImageVersionSpec>(&node, "win11-2026-11-prepared", "Finished", |s| {
+    wait_user::<ImageVersionSpec>(&node, "win11-2026-11-prepared", "Finished", |s| {
         task_state_of(s) == Some(TaskState::Finished)
     })
     .await;
@@ -472,7 +445,7 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
     mcs_operator::dev::apply_objects(&node.client, USERS, &next_version, "node-test")
         .await
         .expect("the next image version");
-    wait_for::<ImageVersionSpec>(&node, "win11-2026-12-prepared", "copying", |s| {
+    wait_user::<ImageVersionSpec>(&node, "win11-2026-12-prepared", "copying", |s| {
         s.status
             .as_ref()
             .and_then(|st| st.task.as_ref())
@@ -495,7 +468,7 @@ async fn the_operator_image_runs_on_a_real_node_with_helm_and_kustomize() {
     println!("$ helm upgrade mcs-node --reuse-values --set log.level=debug\n{upgrade}");
     let rolled = wait_ready_pods(&node, HELM_NS, selector, 1).await;
     assert_ne!(rolled, first, "the upgrade replaced the Pod");
-    let spec = wait_for::<ImageVersionSpec>(
+    let spec = wait_user::<ImageVersionSpec>(
         &node,
         "win11-2026-12-prepared",
         "Finished after the roll",

@@ -61,25 +61,7 @@ impl Harness {
         let fast = dir.path().join("fast");
         std::fs::create_dir_all(&images).expect("images");
         std::fs::create_dir_all(fast.join("lab")).expect("fast/lab");
-        let master = images.join(mcs_operator::dev::MASTER_FILE);
-        let m = master.to_string_lossy().to_string();
-        run("qemu-img", &["create", "-q", "-f", "qcow2", &m, size]);
-        let mut args = vec!["-f".to_owned(), "qcow2".to_owned()];
-        for chunk in 0..data_mib.div_ceil(64) {
-            let len = (data_mib - chunk * 64).min(64);
-            args.push("-c".into());
-            args.push(format!(
-                "write -q -P 0x{:02x} {}M {len}M",
-                0x10 + chunk % 0xe0,
-                chunk * 64
-            ));
-        }
-        if data_mib > 0 {
-            args.push(m.clone());
-            let args: Vec<&str> = args.iter().map(String::as_str).collect();
-            run("qemu-io", &args);
-        }
-        run("qemu-img", &["snapshot", "-c", "base", &m]);
+        make_master(&images.join(mcs_operator::dev::MASTER_FILE), size, data_mib);
         Harness {
             name: name.into(),
             cluster,
@@ -259,21 +241,15 @@ impl Harness {
             + DeserializeOwned
             + std::fmt::Debug,
     {
-        let api = self.api::<K>();
-        let deadline = Instant::now() + self.timeout;
-        loop {
-            let last = api.get_opt(name).await;
-            if let Ok(Some(object)) = &last
-                && check(object)
-            {
-                return object.clone();
-            }
-            assert!(
-                Instant::now() < deadline,
-                "timed out waiting for {name}: {what}; last: {last:#?}"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        wait_for(
+            &self.api::<K>(),
+            name,
+            what,
+            self.timeout,
+            Duration::from_millis(100),
+            check,
+        )
+        .await
     }
 
     /// Waits for the whole examples flow: the prepared spec Finished at 100 %, the scheme at
@@ -415,4 +391,56 @@ pub fn ready(conditions: &[k8s_openapi::apimachinery::pkg::apis::meta::v1::Condi
     conditions
         .iter()
         .any(|c| c.type_ == "Ready" && c.status == "True")
+}
+
+/// Writes a qcow2 master image of `size` at `master` holding `data_mib` MiB of data (a pattern
+/// per 64 MiB), with the snapshot `base` the examples use.
+pub fn make_master(master: &Path, size: &str, data_mib: u32) {
+    let m = master.to_string_lossy().to_string();
+    run("qemu-img", &["create", "-q", "-f", "qcow2", &m, size]);
+    let mut args = vec!["-f".to_owned(), "qcow2".to_owned()];
+    for chunk in 0..data_mib.div_ceil(64) {
+        let len = (data_mib - chunk * 64).min(64);
+        args.push("-c".into());
+        args.push(format!(
+            "write -q -P 0x{:02x} {}M {len}M",
+            0x10 + chunk % 0xe0,
+            chunk * 64
+        ));
+    }
+    if data_mib > 0 {
+        args.push(m.clone());
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        run("qemu-io", &args);
+    }
+    run("qemu-img", &["snapshot", "-c", "base", &m]);
+}
+
+/// Polls object `name` every `poll` until `check` accepts it, at most `timeout`; the panic
+/// message names `what` and the last state seen.
+pub async fn wait_for<K>(
+    api: &Api<K>,
+    name: &str,
+    what: &str,
+    timeout: Duration,
+    poll: Duration,
+    check: impl Fn(&K) -> bool,
+) -> K
+where
+    K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        let last = api.get_opt(name).await;
+        if let Ok(Some(object)) = &last
+            && check(object)
+        {
+            return object.clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {name}: {what}; last: {last:#?}"
+        );
+        tokio::time::sleep(poll).await;
+    }
 }
