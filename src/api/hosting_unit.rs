@@ -69,6 +69,15 @@ pub struct HostingUnitSpec {
         schema_with = "named_list_schema::<ServiceOffering>"
     )]
     pub service_offerings: Vec<ServiceOffering>,
+    /// Security groups that schemes may apply to machines
+    /// (`XDHyp:\HostingUnits\<hu>\<name>.securitygroup`). The Local backend lists them in the
+    /// inventory and checks scheme references against them; it enforces no firewall rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        schema_with = "named_list_schema::<HostingUnitSecurityGroup>"
+    )]
+    pub security_groups: Vec<HostingUnitSecurityGroup>,
 }
 
 /// One storage of a hosting unit: a directory under one of the connection's storage roots.
@@ -100,6 +109,19 @@ pub struct HostingUnitNetwork {
     /// Backend-specific identifier (a bridge for Local, a NetworkAttachmentDefinition for KubeVirt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub backing: Option<String>,
+}
+
+/// A security group machines can be placed in.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct HostingUnitSecurityGroup {
+    /// The group's name as it appears in inventory paths.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// What the group allows, for people reading the inventory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
 }
 
 /// A named CPU and memory preset (a cloud "instance type").
@@ -148,6 +170,9 @@ pub struct HostingUnitInventory {
     pub networks: i32,
     /// Service offerings offered.
     pub service_offerings: i32,
+    /// Security groups offered.
+    #[serde(default)]
+    pub security_groups: i32,
     /// Master images (qcow2 files) found.
     pub master_images: i32,
     /// Snapshots found across the master images.

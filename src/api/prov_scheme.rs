@@ -108,9 +108,11 @@ pub struct ProvSchemeSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 65536))]
     pub custom_properties: Option<String>,
-    /// Security groups applied to machines (cloud hypervisors).
+    /// Security groups applied to machines, as inventory paths of the hosting unit
+    /// (`XDHyp:\HostingUnits\<hu>\<group>.securitygroup`). A path that does not name a group
+    /// of the hosting unit fails with `SecurityGroupPathResolutionFailed`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 64))]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 4096)))]
     pub security_groups: Vec<String>,
     /// Tenancy of machines.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -104,6 +104,12 @@ pub fn local_config(
     Ok(LocalConfig {
         storages,
         networks: unit.spec.networks.iter().map(|n| n.name.clone()).collect(),
+        security_groups: unit
+            .spec
+            .security_groups
+            .iter()
+            .map(|g| g.name.clone())
+            .collect(),
         service_offerings: unit
             .spec
             .service_offerings

@@ -43,6 +43,7 @@ pub fn decide(
     let mut inventory = HostingUnitInventory {
         networks: count(spec.networks.len()),
         service_offerings: count(spec.service_offerings.len()),
+        security_groups: count(spec.security_groups.len()),
         ..HostingUnitInventory::default()
     };
     let mut problems: Vec<(String, &'static str)> = Vec::new();
@@ -323,6 +324,7 @@ mod tests {
                 backing: None,
             }],
             service_offerings: vec![],
+            security_groups: vec![],
         }
     }
 

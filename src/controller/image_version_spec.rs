@@ -1255,6 +1255,7 @@ mod tests {
                 ],
                 networks: vec![],
                 service_offerings: vec![],
+                security_groups: vec![],
             },
         )
     }

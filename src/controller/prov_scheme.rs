@@ -133,7 +133,37 @@ fn check_inventory(spec: &ProvSchemeSpec, unit: &HostingUnit) -> Vec<RuleError> 
             ),
         });
     }
+    errors.extend(check_security_groups(spec, unit));
     errors
+}
+
+/// Checks that every security group path names a group of the hosting unit.
+fn check_security_groups(spec: &ProvSchemeSpec, unit: &HostingUnit) -> Vec<RuleError> {
+    let hosting_unit = unit.name_any();
+    let groups = || unit.spec.security_groups.iter().map(|g| g.name.as_str());
+    spec.security_groups
+        .iter()
+        .enumerate()
+        .filter_map(|(i, path)| {
+            let detail = match InventoryPath::parse(path)
+                .and_then(|p| p.within(&hosting_unit).cloned())
+                .and_then(|p| p.expect_leaf_kind("securitygroup").cloned())
+            {
+                Err(e) => e.to_string(),
+                Ok(leaf) if groups().any(|g| g == leaf.name) => return None,
+                Ok(leaf) => format!(
+                    "security group '{}' is not a security group of hosting unit '{hosting_unit}' (it has: {})",
+                    leaf.name,
+                    list(groups())
+                ),
+            };
+            Some(RuleError::SecurityGroupPathResolutionFailed {
+                field: format!("{}[{i}]", rule_field::SECURITY_GROUPS),
+                hosting_unit: hosting_unit.clone(),
+                detail,
+            })
+        })
+        .collect()
 }
 
 fn list<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -253,6 +283,9 @@ pub fn failure_state(error: &RuleError) -> TaskState {
         RuleError::NetworkPathResolutionFailed { .. } => TaskState::NetworkPathResolutionFailed,
         RuleError::ServiceOfferingPathResolutionFailed { .. } => {
             TaskState::ServiceOfferingPathResolutionFailed
+        }
+        RuleError::SecurityGroupPathResolutionFailed { .. } => {
+            TaskState::SecurityGroupPathResolutionFailed
         }
         RuleError::MachineProfilePathResolutionFailed { .. } => TaskState::MachineProfileNotFound,
         _ => TaskState::UnexpectedError,
@@ -1085,9 +1118,9 @@ pub async fn run(context: Arc<Context>) {
 mod tests {
     use super::*;
     use crate::api::{
-        HostingUnitNetwork, HostingUnitSpec, HostingUnitStorage, IdentityPoolSpec, IdentityType,
-        ImageDefinitionSpec, ImageVersionSpecFields, ImageVersionSpecStatus, NamingSchemeType,
-        OsType, PreparedImageSpec,
+        HostingUnitNetwork, HostingUnitSecurityGroup, HostingUnitSpec, HostingUnitStorage,
+        IdentityPoolSpec, IdentityType, ImageDefinitionSpec, ImageVersionSpecFields,
+        ImageVersionSpecStatus, NamingSchemeType, OsType, PreparedImageSpec,
     };
 
     fn spec() -> ProvSchemeSpec {
@@ -1117,6 +1150,10 @@ mod tests {
                     backing: None,
                 }],
                 service_offerings: vec![],
+                security_groups: vec![HostingUnitSecurityGroup {
+                    name: "web".into(),
+                    description: None,
+                }],
             },
         );
         let pool = IdentityPool::new(
@@ -1276,6 +1313,31 @@ mod tests {
                 "NetworkPathResolutionFailed",
                 "ServiceOfferingPathResolutionFailed"
             ]
+        );
+    }
+
+    #[test]
+    fn security_groups_must_name_groups_of_the_hosting_unit() {
+        let r = refs(ImageStatus::Success, SessionSupport::SingleSession);
+        let mut s = spec();
+        s.security_groups = vec!["XDHyp:\\HostingUnits\\lab\\web.securitygroup".into()];
+        assert_eq!(judge(&s, None, None, &r), Verdict::Accept);
+        s.security_groups.extend([
+            "XDHyp:\\HostingUnits\\lab\\db.securitygroup".into(),
+            "XDHyp:\\HostingUnits\\other\\web.securitygroup".into(),
+            "XDHyp:\\HostingUnits\\lab\\lan.network".into(),
+            "web".into(),
+        ]);
+        let verdict = judge(&s, None, None, &r);
+        assert_eq!(reasons(&verdict), ["SecurityGroupPathResolutionFailed"; 4]);
+        let Verdict::Reject(errors) = &verdict else {
+            panic!("rejected")
+        };
+        let message = errors[0].to_string();
+        assert!(message.starts_with("spec.securityGroups[1]: security group 'db' is not a security group of hosting unit 'lab' (it has: web)"), "{message}");
+        assert_eq!(
+            failure_state(&errors[0]),
+            TaskState::SecurityGroupPathResolutionFailed
         );
     }
 

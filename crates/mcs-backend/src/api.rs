@@ -161,6 +161,8 @@ pub struct Inventory {
     pub storages: Vec<StorageInfo>,
     /// The networks, as inventory paths (`XDHyp:\HostingUnits\hu\<net>.network`).
     pub networks: Vec<String>,
+    /// The security groups, as inventory paths (`XDHyp:\HostingUnits\hu\<group>.securitygroup`).
+    pub security_groups: Vec<String>,
     /// The service offerings.
     pub service_offerings: Vec<ServiceOfferingInfo>,
     /// The master images found in the storages, with their snapshots.

@@ -59,6 +59,9 @@ pub struct LocalConfig {
     pub storages: Vec<StorageRootConfig>,
     /// The networks NICs may attach to.
     pub networks: Vec<String>,
+    /// The security groups the hosting unit offers (listed in the inventory; the Local
+    /// backend has no firewall to apply them to).
+    pub security_groups: Vec<String>,
     /// The service offerings (CPU/memory presets).
     pub service_offerings: Vec<ServiceOffering>,
     /// Most qemu-img processes at once (`None`: the number of cores).
@@ -76,6 +79,7 @@ impl Default for LocalConfig {
         Self {
             storages: Vec::new(),
             networks: Vec::new(),
+            security_groups: Vec::new(),
             service_offerings: Vec::new(),
             max_parallel: None,
             qemu_timeout: Duration::from_secs(3600),
@@ -1310,6 +1314,12 @@ impl Inner {
                 .networks
                 .iter()
                 .filter_map(|n| inv_path(&format!("{n}.network")))
+                .collect(),
+            security_groups: self
+                .config
+                .security_groups
+                .iter()
+                .filter_map(|g| inv_path(&format!("{g}.securitygroup")))
                 .collect(),
             service_offerings: self
                 .config

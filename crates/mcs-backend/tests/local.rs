@@ -134,6 +134,7 @@ impl Fixture {
                 })
                 .collect(),
             networks: vec!["net0".into(), "net1".into()],
+            security_groups: vec!["web".into()],
             service_offerings: vec![ServiceOffering {
                 name: "small".into(),
                 cpu: 2,
@@ -1029,6 +1030,10 @@ async fn inventory_dedupe_and_timeout() {
     assert_eq!(
         inv.service_offerings[0].path,
         r"XDHyp:\HostingUnits\hu\small.serviceoffering"
+    );
+    assert_eq!(
+        inv.security_groups,
+        [r"XDHyp:\HostingUnits\hu\web.securitygroup"]
     );
     let masters: Vec<&str> = inv.master_images.iter().map(|m| m.path.as_str()).collect();
     assert_eq!(

@@ -31,6 +31,8 @@ pub mod field {
     pub const NETWORK_MAPPING: &str = "spec.networkMapping";
     /// The ProvScheme's service offering path.
     pub const SERVICE_OFFERING: &str = "spec.serviceOffering";
+    /// The ProvScheme's security group paths.
+    pub const SECURITY_GROUPS: &str = "spec.securityGroups";
     /// The ProvScheme's CPU count.
     pub const VM_CPU_COUNT: &str = "spec.vmCpuCount";
     /// The ProvScheme's memory size.
@@ -324,6 +326,18 @@ pub enum RuleError {
         /// What is wrong.
         detail: String,
     },
+    /// A security group path could not be resolved in the hosting unit.
+    #[error(
+        "{field}: {detail}; the path must include a drive specification and a path to a .securitygroup item within hosting unit '{hosting_unit}'"
+    )]
+    SecurityGroupPathResolutionFailed {
+        /// The offending entry (`spec.securityGroups[0]`).
+        field: String,
+        /// The hosting unit the path must lie in.
+        hosting_unit: String,
+        /// What is wrong.
+        detail: String,
+    },
     /// The machine profile path could not be resolved in the hosting unit.
     #[error(
         "{field}: {detail}; the path must include a drive specification and a path to an item within hosting unit '{hosting_unit}'"
@@ -424,6 +438,7 @@ impl Reason for RuleError {
             Self::ServiceOfferingPathResolutionFailed { .. } => {
                 "ServiceOfferingPathResolutionFailed"
             }
+            Self::SecurityGroupPathResolutionFailed { .. } => "SecurityGroupPathResolutionFailed",
             Self::MachineProfilePathResolutionFailed { .. } => "MachineProfilePathResolutionFailed",
             Self::InvalidProvisioningSchemeVersionMaximum { .. } => {
                 "InvalidProvisioningSchemeVersionMaximum"
@@ -454,6 +469,7 @@ impl RuleError {
             | Self::ServiceOfferingConflict { field, .. }
             | Self::NetworkPathResolutionFailed { field, .. }
             | Self::ServiceOfferingPathResolutionFailed { field, .. }
+            | Self::SecurityGroupPathResolutionFailed { field, .. }
             | Self::MachineProfilePathResolutionFailed { field, .. }
             | Self::InvalidProvisioningSchemeVersionMaximum { field, .. }
             | Self::HostingUnitMismatch { field, .. }

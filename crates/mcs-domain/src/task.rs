@@ -81,6 +81,8 @@ pub enum TaskState {
     NetworkPathResolutionFailed,
     /// Failed: the service offering path could not be resolved.
     ServiceOfferingPathResolutionFailed,
+    /// Failed: a security group path could not be resolved in the hosting unit.
+    SecurityGroupPathResolutionFailed,
     /// Failed: the machine profile path could not be resolved.
     MachineProfileNotFound,
     /// Failed: the backend does not support the operation.
@@ -202,7 +204,7 @@ impl Reason for TaskError {
 
 impl TaskState {
     /// Every state, in declaration order.
-    pub const ALL: [TaskState; 28] = [
+    pub const ALL: [TaskState; 29] = [
         TaskState::Processing,
         TaskState::LocatingResources,
         TaskState::ConsolidatingMasterImage,
@@ -228,6 +230,7 @@ impl TaskState {
         TaskState::ImageVersionSpecNotUsable,
         TaskState::NetworkPathResolutionFailed,
         TaskState::ServiceOfferingPathResolutionFailed,
+        TaskState::SecurityGroupPathResolutionFailed,
         TaskState::MachineProfileNotFound,
         TaskState::NotSupported,
         TaskState::UnexpectedError,
@@ -263,6 +266,7 @@ impl TaskState {
             TaskState::ImageVersionSpecNotUsable => "ImageVersionSpecNotUsable",
             TaskState::NetworkPathResolutionFailed => "NetworkPathResolutionFailed",
             TaskState::ServiceOfferingPathResolutionFailed => "ServiceOfferingPathResolutionFailed",
+            TaskState::SecurityGroupPathResolutionFailed => "SecurityGroupPathResolutionFailed",
             TaskState::MachineProfileNotFound => "MachineProfileNotFound",
             TaskState::NotSupported => "NotSupported",
             TaskState::UnexpectedError => "UnexpectedError",
@@ -348,7 +352,7 @@ const IMAGE_FAILURES: [TaskState; 12] = [
 ];
 
 /// Failure states of a scheme task.
-const SCHEME_FAILURES: [TaskState; 12] = [
+const SCHEME_FAILURES: [TaskState; 13] = [
     TaskState::HostingUnitNotFound,
     TaskState::IdentityPoolNotFound,
     TaskState::ProvisioningSchemeAlreadyExists,
@@ -356,6 +360,7 @@ const SCHEME_FAILURES: [TaskState; 12] = [
     TaskState::ImageVersionSpecNotUsable,
     TaskState::NetworkPathResolutionFailed,
     TaskState::ServiceOfferingPathResolutionFailed,
+    TaskState::SecurityGroupPathResolutionFailed,
     TaskState::MachineProfileNotFound,
     TaskState::StorageNotFound,
     TaskState::InsufficientResources,
