@@ -52,7 +52,7 @@ pub struct HypervisorConnectionSpec {
 pub enum ConnectionType {
     /// qcow2 files on the operator's own storage, handled with qemu-img.
     Local,
-    /// KubeVirt VirtualMachines and CDI DataVolumes (not supported yet).
+    /// KubeVirt VirtualMachines and CDI DataVolumes in a Kubernetes cluster.
     KubeVirt,
 }
 
@@ -106,9 +106,52 @@ pub struct StorageRoot {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct KubeVirtConnection {
-    /// The namespace where VirtualMachines and DataVolumes are created.
-    #[schemars(length(min = 1, max = 63))]
+    /// The namespace where the master VirtualMachines and their snapshots are read, and the
+    /// prepared images' DataVolumes and the machines' VirtualMachines are created.
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub namespace: String,
+    /// The StorageClasses hosting units may use, by name: a hosting unit storage's `root` names
+    /// one of them, and its PVCs are made in that class.
+    #[schemars(
+        length(min = 1, max = 64),
+        schema_with = "named_list_schema::<KubeVirtStorageClass>"
+    )]
+    pub storage_classes: Vec<KubeVirtStorageClass>,
+    /// A Secret in the same namespace as the connection whose key holds a kubeconfig for a
+    /// remote KubeVirt cluster (default: the operator's own cluster).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeconfig_secret_ref: Option<KubeconfigSecretReference>,
+}
+
+/// A StorageClass of a `KubeVirt` connection, under the name hosting units use.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeVirtStorageClass {
+    /// The name hosting units use to refer to it (their storages' `root`).
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The StorageClass's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub storage_class_name: String,
+}
+
+/// A key of a Secret holding a kubeconfig.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct KubeconfigSecretReference {
+    /// The Secret's name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// The key holding the kubeconfig (default `kubeconfig`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub key: Option<String>,
 }
 
 /// A reference to a Secret in the same namespace.

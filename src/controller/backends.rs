@@ -6,8 +6,11 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::ResourceExt;
+use kube::{Client, ResourceExt};
 use mcs_backend::{Backend, BackendError, LocalBackend, LocalConfig, StorageRootConfig};
+use mcs_kubevirt::{
+    ClientSource, KubeVirtBackend, KubeVirtConfig, NetworkConfig, StorageClassConfig,
+};
 
 use crate::api::{ConnectionType, HostingUnit, HypervisorConnection};
 
@@ -18,9 +21,19 @@ type CachedBackend = (String, Arc<dyn Backend>);
 #[derive(Default)]
 pub struct BackendRegistry {
     cache: Mutex<HashMap<String, CachedBackend>>,
+    client: Option<Client>,
 }
 
 impl BackendRegistry {
+    /// A registry whose `KubeVirt` backends use `client` (the operator's own cluster, or to
+    /// read a remote cluster's kubeconfig Secret). Without a client, `KubeVirt` is refused.
+    pub fn with_client(client: Client) -> Self {
+        Self {
+            cache: Mutex::default(),
+            client: Some(client),
+        }
+    }
+
     /// The backend for `unit` on `connection`. The `Local` backend sees one storage per storage
     /// of the hosting unit, at `<root path>/<storage path>`; a storage path that is absolute or
     /// climbs out of its root is refused.
@@ -55,12 +68,29 @@ impl BackendRegistry {
         let backend: Arc<dyn Backend> = match connection.spec.connection_type {
             ConnectionType::Local => Arc::new(LocalBackend::new(local_config(unit, connection)?)?),
             ConnectionType::KubeVirt => {
-                return Err(BackendError::NotSupported {
-                    backend: "KubeVirt".into(),
-                    operation:
-                        "any operation: the KubeVirt backend is not implemented yet; use type Local"
-                            .into(),
-                });
+                let client = self
+                    .client
+                    .clone()
+                    .ok_or_else(|| BackendError::NotSupported {
+                        backend: "KubeVirt".into(),
+                        operation: "any operation without a Kubernetes client".into(),
+                    })?;
+                let config = kubevirt_config(unit, connection)?;
+                let source = match connection
+                    .spec
+                    .kube_virt
+                    .as_ref()
+                    .and_then(|k| k.kubeconfig_secret_ref.as_ref())
+                {
+                    None => ClientSource::Own(client),
+                    Some(secret) => ClientSource::Kubeconfig {
+                        client,
+                        namespace: connection.namespace().unwrap_or_default(),
+                        name: secret.name.clone(),
+                        key: secret.key.clone().unwrap_or_else(|| "kubeconfig".into()),
+                    },
+                };
+                Arc::new(KubeVirtBackend::new(config, source))
             }
         };
         if let Ok(mut cache) = self.cache.lock() {
@@ -134,6 +164,91 @@ pub fn local_config(
             .and_then(|rate| u64::try_from(rate).ok())
             .map(|rate| rate << 20),
         ..LocalConfig::default()
+    })
+}
+
+/// The `KubeVirt` backend's settings for one hosting unit: each storage's `root` names one of
+/// the connection's StorageClasses; storages have no `path`.
+pub fn kubevirt_config(
+    unit: &HostingUnit,
+    connection: &HypervisorConnection,
+) -> Result<KubeVirtConfig, BackendError> {
+    let kubevirt =
+        connection
+            .spec
+            .kube_virt
+            .as_ref()
+            .ok_or_else(|| BackendError::NotSupported {
+                backend: "KubeVirt".into(),
+                operation: format!(
+                    "connection {} without spec.kubeVirt settings",
+                    connection.name_any()
+                ),
+            })?;
+    let mut storages = Vec::new();
+    for storage in &unit.spec.storages {
+        let class = kubevirt
+            .storage_classes
+            .iter()
+            .find(|c| c.name == storage.root)
+            .ok_or_else(|| BackendError::StorageNotFound {
+                storage: storage.name.clone(),
+                path: PathBuf::new(),
+            })?;
+        if storage.path.as_deref().is_some_and(|p| !p.is_empty()) {
+            return Err(BackendError::NotSupported {
+                backend: "KubeVirt".into(),
+                operation: format!(
+                    "spec.storages[{}].path: a KubeVirt storage is a StorageClass and has no path",
+                    storage.name
+                ),
+            });
+        }
+        storages.push(StorageClassConfig {
+            name: storage.name.clone(),
+            storage_class: class.storage_class_name.clone(),
+        });
+    }
+    Ok(KubeVirtConfig {
+        namespace: kubevirt.namespace.clone(),
+        storages,
+        networks: unit
+            .spec
+            .networks
+            .iter()
+            .map(|n| NetworkConfig {
+                name: n.name.clone(),
+                attachment: n.backing.clone().filter(|b| !b.is_empty()),
+            })
+            .collect(),
+        poll_interval: Duration::from_millis(500),
+    })
+}
+
+/// The root path of every storage of `unit`, by storage name: a directory for `Local`, the
+/// pseudo path [`mcs_kubevirt::storage_root`] for `KubeVirt`. Prepared images and machines
+/// are reported relative to these.
+pub fn storage_roots(
+    unit: &HostingUnit,
+    connection: &HypervisorConnection,
+) -> Result<Vec<(String, PathBuf)>, BackendError> {
+    Ok(match connection.spec.connection_type {
+        ConnectionType::Local => local_config(unit, connection)?
+            .storages
+            .into_iter()
+            .map(|s| (s.name, s.path))
+            .collect(),
+        ConnectionType::KubeVirt => {
+            let config = kubevirt_config(unit, connection)?;
+            config
+                .storages
+                .into_iter()
+                .map(|s| {
+                    let root = mcs_kubevirt::storage_root(&config.namespace, &s.name);
+                    (s.name, root)
+                })
+                .collect()
+        }
     })
 }
 

@@ -1,5 +1,6 @@
 //! The HypervisorConnection controller: checks that the hypervisor can be used (for `Local`:
-//! the storage roots exist; the credentials Secret, when referenced, exists) and reports
+//! the storage roots exist; for `KubeVirt`: the cluster serves the KubeVirt, CDI and CSI snapshot
+//! APIs; the credentials Secret, when referenced, exists) and reports
 //! `state`, `alerts` and the `Ready`/`Degraded` conditions.
 //!
 //! The credentials Secret is read only to learn that it exists and holds data: its values never
@@ -33,6 +34,12 @@ pub struct ConnectionFacts {
     pub roots_found: Vec<(String, bool)>,
     /// Whether the referenced credentials Secret exists and holds data (`None`: none referenced).
     pub secret_usable: Option<bool>,
+    /// For `KubeVirt`: each API the backend needs (`DataVolume (cdi.kubevirt.io/v1beta1)`, ...)
+    /// and whether the cluster serves it.
+    pub apis_served: Vec<(String, bool)>,
+    /// For `KubeVirt`: why the cluster could not be asked (remote kubeconfig unusable, API
+    /// error), if it could not.
+    pub cluster_error: Option<String>,
 }
 
 /// What the connection's status should say.
@@ -50,10 +57,18 @@ pub struct ConnectionDecision {
 pub fn decide(spec: &HypervisorConnectionSpec, facts: &ConnectionFacts) -> ConnectionDecision {
     let mut alerts = Vec::new();
     let mut reason = "Available";
-    if spec.connection_type == ConnectionType::KubeVirt {
-        alerts
-            .push("spec.type: the KubeVirt backend is not implemented yet; use type Local".into());
-        reason = "NotSupported";
+    if let Some(error) = &facts.cluster_error {
+        alerts.push(format!(
+            "spec.kubeVirt: the cluster could not be reached: {error}"
+        ));
+        reason = "ClusterUnreachable";
+    }
+    for (api, _) in facts.apis_served.iter().filter(|(_, served)| !served) {
+        alerts.push(format!(
+            "spec.kubeVirt: the cluster does not serve {api}; install KubeVirt, CDI and the CSI \
+             snapshot CRDs"
+        ));
+        reason = "KubeVirtNotInstalled";
     }
     let missing: Vec<&str> = facts
         .roots_found
@@ -128,6 +143,38 @@ async fn gather(
                 .await
                 .is_ok_and(|m| m.is_dir());
             facts.roots_found.push((root.name.clone(), found));
+        }
+    }
+    if let Some(kubevirt) = &connection.spec.kube_virt
+        && connection.spec.connection_type == ConnectionType::KubeVirt
+    {
+        let source = match &kubevirt.kubeconfig_secret_ref {
+            None => mcs_kubevirt::ClientSource::Own(context.client.clone()),
+            Some(secret) => mcs_kubevirt::ClientSource::Kubeconfig {
+                client: context.client.clone(),
+                namespace: namespace.to_string(),
+                name: secret.name.clone(),
+                key: secret.key.clone().unwrap_or_else(|| "kubeconfig".into()),
+            },
+        };
+        match mcs_kubevirt::connect(&source).await {
+            Err(e) => facts.cluster_error = Some(e.to_string()),
+            Ok(client) => {
+                for resource in [
+                    mcs_kubevirt::objects::virtual_machines(),
+                    mcs_kubevirt::objects::data_volumes(),
+                    mcs_kubevirt::objects::volume_snapshots(),
+                ] {
+                    let name = format!("{} ({})", resource.kind, resource.api_version);
+                    match mcs_kubevirt::serves(&client, &kubevirt.namespace, &resource).await {
+                        Ok(served) => facts.apis_served.push((name, served)),
+                        Err(e) => {
+                            facts.cluster_error = Some(format!("listing {name}: {e}"));
+                            break;
+                        }
+                    }
+                }
+            }
         }
     }
     if let Some(reference) = &connection.spec.credentials_secret_ref {
@@ -268,6 +315,7 @@ mod tests {
         ConnectionFacts {
             roots_found: vec![("images".into(), images), ("fast".into(), fast)],
             secret_usable: secret,
+            ..ConnectionFacts::default()
         }
     }
 
@@ -303,11 +351,35 @@ mod tests {
     }
 
     #[test]
-    fn kubevirt_is_not_supported() {
-        let mut s = spec(false);
-        s.connection_type = ConnectionType::KubeVirt;
-        let d = decide(&s, &facts(true, true, None));
-        assert_eq!(d.state, ConnectionState::Unavailable);
-        assert_eq!(d.conditions[0].reason, "NotSupported");
+    fn kubevirt_is_on_when_its_apis_are_served() {
+        let kubevirt = HypervisorConnectionSpec {
+            connection_type: ConnectionType::KubeVirt,
+            local: None,
+            kube_virt: None,
+            credentials_secret_ref: None,
+        };
+        let served = |cdi: bool| ConnectionFacts {
+            apis_served: vec![
+                ("VirtualMachine (kubevirt.io/v1)".into(), true),
+                ("DataVolume (cdi.kubevirt.io/v1beta1)".into(), cdi),
+            ],
+            ..ConnectionFacts::default()
+        };
+        let on = decide(&kubevirt, &served(true));
+        assert_eq!(on.state, ConnectionState::On);
+        assert!(on.alerts.is_empty());
+        let off = decide(&kubevirt, &served(false));
+        assert_eq!(off.state, ConnectionState::Unavailable);
+        assert_eq!(off.conditions[0].reason, "KubeVirtNotInstalled");
+        assert!(off.alerts[0].contains("DataVolume"), "{:?}", off.alerts);
+        let unreachable = decide(
+            &kubevirt,
+            &ConnectionFacts {
+                cluster_error: Some("no key 'kubeconfig'".into()),
+                ..ConnectionFacts::default()
+            },
+        );
+        assert_eq!(unreachable.state, ConnectionState::Unavailable);
+        assert_eq!(unreachable.conditions[0].reason, "ClusterUnreachable");
     }
 }

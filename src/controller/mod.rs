@@ -84,8 +84,8 @@ impl Context {
         };
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
+            backends: backends::BackendRegistry::with_client(client.clone()),
             client,
-            backends: backends::BackendRegistry::default(),
             tasks: tasks::TaskRunner::new(config.max_concurrent_tasks, config.progress_interval),
             caches: readiness::CacheReadiness::default(),
             config,

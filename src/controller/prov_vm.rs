@@ -357,12 +357,7 @@ fn prepare_build(
         .backends
         .for_hosting_unit(&unit, &connection)
         .map_err(|e| e.to_string())?;
-    let local = super::backends::local_config(&unit, &connection).map_err(|e| e.to_string())?;
-    let roots: Vec<(String, PathBuf)> = local
-        .storages
-        .iter()
-        .map(|s| (s.name.clone(), s.path.clone()))
-        .collect();
+    let roots = super::backends::storage_roots(&unit, &connection).map_err(|e| e.to_string())?;
     let instances = image
         .status
         .as_ref()
@@ -653,13 +648,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                                         &namespace,
                                         &u.spec.connection_ref,
                                     )?;
-                                    super::backends::local_config(&u, &c).ok()
-                                })
-                                .map(|l| {
-                                    l.storages
-                                        .iter()
-                                        .map(|s| (s.name.clone(), s.path.clone()))
-                                        .collect::<Vec<_>>()
+                                    super::backends::storage_roots(&u, &c).ok()
                                 })
                                 .unwrap_or_default();
                         let storage = roots

@@ -186,6 +186,14 @@ pub enum BackendError {
         /// Its trimmed standard error.
         detail: String,
     },
+    /// A Kubernetes API request of a cluster backend (KubeVirt) failed.
+    #[error("Kubernetes API request on {object} failed: {detail}")]
+    KubernetesApi {
+        /// The object or collection (`kind namespace/name`).
+        object: String,
+        /// The API server's message.
+        detail: String,
+    },
     /// A file-system operation failed.
     #[error("I/O error on {}: {detail}", path.display())]
     Io {
@@ -222,6 +230,7 @@ impl BackendError {
             Self::InvalidName { .. } => "InvalidName",
             Self::OperationNotFound { .. } => "OperationNotFound",
             Self::QemuImg { .. } => "QemuImgFailed",
+            Self::KubernetesApi { .. } => "KubernetesApiError",
             Self::Io { .. } => "IoError",
         }
     }
@@ -252,6 +261,7 @@ impl BackendError {
             | Self::InvalidName { .. }
             | Self::OperationNotFound { .. }
             | Self::QemuImg { .. }
+            | Self::KubernetesApi { .. }
             | Self::Io { .. } => TaskState::UnexpectedError,
         }
     }

@@ -58,6 +58,7 @@ pub mod error;
 pub mod local;
 pub mod paths;
 pub mod qemu;
+pub mod runner;
 
 pub use api::{
     Backend, BoxFuture, DeleteMachineRequest, DeleteOutcome, DeletePreparedRequest, DeletionPolicy,

@@ -4,13 +4,12 @@
 use std::collections::HashMap;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 use std::time::Duration;
 
 use mcs_domain::inventory_path::InventoryPath;
 use mcs_domain::task::TaskState;
 use serde::{Deserialize, Serialize};
-use tokio::task::JoinHandle;
 
 use crate::api::{
     Backend, BoxFuture, DeleteMachineRequest, DeleteOutcome, DeletePreparedRequest, DeletionPolicy,
@@ -25,6 +24,7 @@ use crate::paths::{
     free_space, partial_for, remove_stale_partials, supports_direct_io, validate_name,
 };
 use crate::qemu::{Failure, QemuFailure, QemuImg, classify};
+use crate::runner::{Progress, Runner};
 
 /// Directory (under a storage root) of prepared images.
 pub const PREPARED_DIR: &str = "prepared";
@@ -171,15 +171,6 @@ pub struct Identity {
     pub scheme: String,
 }
 
-type Shared = Arc<Mutex<OperationStatus>>;
-
-struct Entry {
-    key: Option<String>,
-    op: Operation,
-    status: Shared,
-    handle: Option<JoinHandle<()>>,
-}
-
 struct Inner {
     config: LocalConfig,
     qemu: QemuImg,
@@ -189,7 +180,7 @@ struct Inner {
 #[derive(Clone)]
 pub struct LocalBackend {
     inner: Arc<Inner>,
-    ops: Arc<Mutex<HashMap<OperationId, Entry>>>,
+    runner: Runner,
 }
 
 impl std::fmt::Debug for LocalBackend {
@@ -197,36 +188,6 @@ impl std::fmt::Debug for LocalBackend {
         f.debug_struct("LocalBackend")
             .field("config", &self.inner.config)
             .finish_non_exhaustive()
-    }
-}
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|p| p.into_inner())
-}
-
-/// Reports progress of one running operation.
-#[derive(Clone)]
-struct Progress(Shared);
-
-impl Progress {
-    fn phase(&self, phase: TaskState, message: impl Into<String>) {
-        let mut s = lock(&self.0);
-        s.phase = phase;
-        s.message = message.into();
-    }
-
-    fn percent(&self, p: f64) {
-        let mut s = lock(&self.0);
-        let v = p.clamp(0.0, 100.0).floor() as u8;
-        if v > s.percent {
-            s.percent = v;
-        }
-    }
-
-    /// A callback mapping 0..100 of a sub-step onto `lo..hi` of the operation.
-    fn scaled(&self, lo: f64, hi: f64) -> impl Fn(f64) + Send + Sync + use<> {
-        let me = self.clone();
-        move |p| me.percent(lo + (hi - lo) * p / 100.0)
     }
 }
 
@@ -246,139 +207,8 @@ impl LocalBackend {
             .with_copy_rate_limit(config.copy_rate_limit);
         Ok(Self {
             inner: Arc::new(Inner { config, qemu }),
-            ops: Arc::new(Mutex::new(HashMap::new())),
+            runner: Runner::default(),
         })
-    }
-
-    fn target_key(op: &Operation) -> Option<String> {
-        match op {
-            Operation::Prepare(r) => Some(format!("prepared:{}", r.image_id)),
-            Operation::DeletePreparedImage(r) => Some(format!("prepared:{}", r.image_id)),
-            Operation::CreateMachine(r) | Operation::UpdateMachine(r) => Some(format!(
-                "machine:{}/{}/{}",
-                r.storage, r.scheme, r.machine_name
-            )),
-            Operation::ResetMachine(m) => Some(format!(
-                "machine:{}/{}/{}",
-                m.storage, m.scheme, m.machine_name
-            )),
-            Operation::DeleteMachine(d) => Some(format!(
-                "machine:{}/{}/{}",
-                d.machine.storage, d.machine.scheme, d.machine.machine_name
-            )),
-            Operation::ResolveInventory(_) | Operation::Measure(_) => None,
-        }
-    }
-
-    fn start_sync(&self, op: Operation) -> Result<OperationId, BackendError> {
-        let key = Self::target_key(&op);
-        let mut ops = lock(&self.ops);
-        if let Some(k) = &key {
-            for (id, e) in ops.iter() {
-                if e.key.as_ref() == Some(k) && lock(&e.status).result.is_none() {
-                    if e.op == op {
-                        return Ok(*id);
-                    }
-                    return Err(BackendError::OperationInProgress {
-                        target: k.clone(),
-                        operation: e.op.name().to_string(),
-                        running: id.to_string(),
-                    });
-                }
-            }
-        }
-        let id = OperationId(uuid::Uuid::new_v4());
-        let status: Shared = Arc::new(Mutex::new(OperationStatus {
-            id,
-            operation: op.name(),
-            phase: TaskState::Processing,
-            percent: 0,
-            message: "started".into(),
-            result: None,
-        }));
-        let progress = Progress(status.clone());
-        let inner = self.inner.clone();
-        let op2 = op.clone();
-        let handle = tokio::spawn(async move {
-            let operation = op2.name();
-            let quiet = op2.is_read_only();
-            if quiet {
-                tracing::debug!(%id, operation, "operation started");
-            } else {
-                tracing::info!(%id, operation, "operation started");
-            }
-            let res = inner.execute(op2, &progress).await;
-            let mut s = lock(&progress.0);
-            match &res {
-                Ok(_) => {
-                    s.phase = TaskState::Finished;
-                    s.percent = 100;
-                    s.message = "finished".into();
-                    if quiet {
-                        tracing::debug!(%id, operation, "operation finished");
-                    } else {
-                        tracing::info!(%id, operation, "operation finished");
-                    }
-                }
-                Err(e) => {
-                    s.phase = e.task_state();
-                    s.message = e.to_string();
-                    tracing::warn!(%id, operation, reason = e.reason(), error = %e, "operation failed");
-                }
-            }
-            s.result = Some(res);
-        });
-        ops.insert(
-            id,
-            Entry {
-                key,
-                op,
-                status,
-                handle: Some(handle),
-            },
-        );
-        Ok(id)
-    }
-
-    fn poll_sync(&self, id: OperationId) -> Result<OperationStatus, BackendError> {
-        let ops = lock(&self.ops);
-        let e = ops
-            .get(&id)
-            .ok_or_else(|| BackendError::OperationNotFound { id: id.to_string() })?;
-        Ok(lock(&e.status).clone())
-    }
-
-    async fn cancel_async(&self, id: OperationId) -> Result<OperationStatus, BackendError> {
-        let (handle, status) = {
-            let mut ops = lock(&self.ops);
-            let e = ops
-                .get_mut(&id)
-                .ok_or_else(|| BackendError::OperationNotFound { id: id.to_string() })?;
-            (e.handle.take(), e.status.clone())
-        };
-        if let Some(h) = handle {
-            h.abort();
-            let _ = h.await;
-        }
-        let mut s = lock(&status);
-        if s.result.is_none() {
-            s.phase = TaskState::Canceled;
-            s.message = "canceled; partial files removed".into();
-            s.result = Some(Err(BackendError::Canceled));
-            tracing::info!(%id, "operation canceled");
-        }
-        Ok(s.clone())
-    }
-
-    fn forget_sync(&self, id: OperationId) -> bool {
-        let mut ops = lock(&self.ops);
-        let ended = ops
-            .get(&id)
-            .is_some_and(|e| lock(&e.status).result.is_some());
-        if ended {
-            ops.remove(&id);
-        }
-        ended
     }
 }
 
@@ -388,19 +218,27 @@ impl Backend for LocalBackend {
     }
 
     fn start(&self, op: Operation) -> BoxFuture<'_, Result<OperationId, BackendError>> {
-        Box::pin(async move { self.start_sync(op) })
+        let inner = self.inner.clone();
+        Box::pin(async move {
+            self.runner
+                .start(op, |op, p| async move { inner.execute(op, &p).await })
+        })
     }
 
     fn poll(&self, id: OperationId) -> BoxFuture<'_, Result<OperationStatus, BackendError>> {
-        Box::pin(async move { self.poll_sync(id) })
+        Box::pin(async move { self.runner.poll(id) })
     }
 
     fn cancel(&self, id: OperationId) -> BoxFuture<'_, Result<OperationStatus, BackendError>> {
-        Box::pin(self.cancel_async(id))
+        // Partial files are removed by the aborted task's guards.
+        Box::pin(
+            self.runner
+                .cancel(id, "canceled; partial files removed", |_| async {}),
+        )
     }
 
     fn forget(&self, id: OperationId) -> BoxFuture<'_, bool> {
-        Box::pin(async move { self.forget_sync(id) })
+        Box::pin(async move { self.runner.forget(id) })
     }
 }
 
@@ -461,7 +299,7 @@ fn to_json<T: Serialize>(value: &T, path: &Path) -> Result<Vec<u8>, BackendError
 }
 
 /// A locally administered MAC address derived from the machine and NIC (stable across runs).
-fn derived_mac(scheme: &str, machine: &str, nic: usize) -> String {
+pub fn derived_mac(scheme: &str, machine: &str, nic: usize) -> String {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in scheme
         .bytes()
