@@ -269,7 +269,8 @@ fn error_policy(
 /// Runs the HypervisorConnection controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let connections = context.watched_api::<HypervisorConnection>();
-    let controller = Controller::new(connections, watcher_config());
+    let controller =
+        Controller::new(connections, watcher_config()).trigger_backoff(super::trigger_backoff());
     context.caches.track(CONTROLLER, controller.store());
     controller
         .run(reconcile, error_policy, context)

@@ -245,7 +245,8 @@ fn error_policy(
 pub async fn run(context: Arc<Context>) {
     let units = context.watched_api::<HostingUnit>();
     let connections = context.watched_api::<HypervisorConnection>();
-    let controller = Controller::new(units, watcher_config());
+    let controller =
+        Controller::new(units, watcher_config()).trigger_backoff(super::trigger_backoff());
     let store = controller.store();
     context.caches.track(CONTROLLER, store.clone());
     controller

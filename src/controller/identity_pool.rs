@@ -157,7 +157,8 @@ fn error_policy(
 pub async fn run(context: Arc<Context>) {
     let pools = context.watched_api::<IdentityPool>();
     let schemes = context.watched_api::<ProvScheme>();
-    let controller = Controller::new(pools, watcher_config());
+    let controller =
+        Controller::new(pools, watcher_config()).trigger_backoff(super::trigger_backoff());
     context.caches.track(CONTROLLER, controller.store());
     controller
         .watches(schemes, watcher_config(), |scheme: ProvScheme| {

@@ -289,7 +289,8 @@ fn error_policy(
 /// Runs the ImageDefinition controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let definitions = context.watched_api::<ImageDefinition>();
-    let controller = Controller::new(definitions, watcher_config());
+    let controller =
+        Controller::new(definitions, watcher_config()).trigger_backoff(super::trigger_backoff());
     context.caches.track(CONTROLLER, controller.store());
     controller
         .watches(

@@ -398,7 +398,8 @@ fn error_policy(
 /// Runs the ImageVersion controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let versions = context.watched_api::<ImageVersion>();
-    let controller = Controller::new(versions, watcher_config());
+    let controller =
+        Controller::new(versions, watcher_config()).trigger_backoff(super::trigger_backoff());
     let store = controller.store();
     context.caches.track(CONTROLLER, store.clone());
     controller

@@ -1166,7 +1166,8 @@ fn error_policy(
 /// Runs the ImageVersionSpec controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let specs = context.watched_api::<ImageVersionSpec>();
-    let controller = Controller::new(specs, watcher_config());
+    let controller =
+        Controller::new(specs, watcher_config()).trigger_backoff(super::trigger_backoff());
     let store = controller.store();
     context.caches.track(CONTROLLER, store.clone());
     let unit_store = store.clone();

@@ -1059,11 +1059,13 @@ fn error_policy(
 /// Runs the ProvScheme controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let schemes = context.watched_api::<ProvScheme>();
-    let controller = Controller::new(schemes, watcher_config()).with_config(
-        controller::Config::default()
-            .concurrency(context.config.concurrency)
-            .debounce(Duration::from_millis(300)),
-    );
+    let controller = Controller::new(schemes, watcher_config())
+        .trigger_backoff(super::trigger_backoff())
+        .with_config(
+            controller::Config::default()
+                .concurrency(context.config.concurrency)
+                .debounce(Duration::from_millis(300)),
+        );
     let store = controller.store();
     context.caches.track(CONTROLLER, store.clone());
     let by_spec = store.clone();

@@ -982,6 +982,7 @@ pub async fn run(context: Arc<Context>) {
         latest: latest.clone(),
     });
     let controller = Controller::new(context.watched_api::<ProvVm>(), watcher_config())
+        .trigger_backoff(super::trigger_backoff())
         .with_config(
             controller::Config::default()
                 .concurrency(context.config.concurrency)
