@@ -50,6 +50,46 @@ enum Command {
         #[command(subcommand)]
         command: mcs_operator::cli::scheme::SchemeCommand,
     },
+    /// Every task of the namespace, its state, operation, progress and expected completion
+    /// (`Get-ProvTask`); `-w` follows them with progress bars.
+    Tasks(mcs_operator::cli::TasksArgs),
+    /// Follow one object's task with a progress bar until it ends; exit 0 when it finished,
+    /// 1 when it failed or was canceled, 2 on timeout.
+    Wait(mcs_operator::cli::WaitArgs),
+    /// Cancel (`Stop-ProvTask`) or retry a task, then follow it like `wait`.
+    Task {
+        #[command(subcommand)]
+        command: mcs_operator::cli::TaskCommand,
+    },
+}
+
+/// Runs a task command on a fresh runtime with the kubeconfig's client; returns its exit
+/// status (2 when it could not run).
+fn run_task_command<F, Fut>(command: F) -> ExitCode
+where
+    F: FnOnce(kube::Client) -> Fut,
+    Fut: std::future::Future<Output = Result<u8, mcs_operator::cli::TaskCliError>>,
+{
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("mcs-operator: cannot start the async runtime: {error}");
+            return ExitCode::from(mcs_operator::cli::EXIT_ERROR);
+        }
+    };
+    let result = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(mcs_operator::cli::TaskCliError::Kube)?;
+        command(client).await
+    });
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("mcs-operator: {error}");
+            ExitCode::from(mcs_operator::cli::EXIT_ERROR)
+        }
+    }
 }
 
 async fn scheme_command(
@@ -88,6 +128,21 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Scheme { namespace, command } => return run_scheme(namespace, &command),
+        Command::Tasks(args) => {
+            return run_task_command(|client| async move {
+                mcs_operator::cli::run_tasks(client, &args).await
+            });
+        }
+        Command::Wait(args) => {
+            return run_task_command(|client| async move {
+                mcs_operator::cli::run_wait(client, &args).await
+            });
+        }
+        Command::Task { command } => {
+            return run_task_command(|client| async move {
+                mcs_operator::cli::run_task(client, &command).await
+            });
+        }
         Command::Crd {
             out_dir: Some(dir),
             layout,

@@ -37,10 +37,10 @@ use super::status::{apply_status, field_manager};
 use super::{Context, ControllerError, watcher_config};
 use super::{scheme_versions, tasks};
 use crate::api::{
-    ANNOTATION_RETRY, DesiredPowerState, HostingUnit, IdentityPool, ImageDefinition,
-    ImageHistoryEntry, ImageStatus, ImageVersion, ImageVersionSpec, LABEL_PROVSCHEME, ProvScheme,
-    ProvSchemeSpec, ProvSchemeStatus, ProvVm, ProvVmSpec, SessionSupport, SpecKind, UpdateStatus,
-    condition_type,
+    ANNOTATION_CANCEL, ANNOTATION_RETRY, DesiredPowerState, HostingUnit, IdentityPool,
+    ImageDefinition, ImageHistoryEntry, ImageStatus, ImageVersion, ImageVersionSpec,
+    LABEL_PROVSCHEME, ProvScheme, ProvSchemeSpec, ProvSchemeStatus, ProvVm, ProvVmSpec,
+    SessionSupport, SpecKind, UpdateStatus, condition_type,
 };
 
 const CONTROLLER: &str = "provscheme";
@@ -550,6 +550,14 @@ fn creation_task(
         return Ok((task, finished));
     }
     let transition = |e: mcs_domain::task::TaskError| ControllerError::Task(e.to_string());
+    if tasks::TaskAnnotations::read(scheme.annotations()).cancel {
+        task.cancel(
+            format!("canceled by the {ANNOTATION_CANCEL} annotation"),
+            now,
+        )
+        .map_err(transition)?;
+        return Ok((task, false));
+    }
     forward(&mut task, TaskState::LocatingResources, now).map_err(transition)?;
     match verdict {
         Verdict::Wait(message) => {
@@ -921,16 +929,18 @@ async fn reconcile(
                 status.ready_machines, scheme.spec.machine_count
             ),
         ),
-        (None, Some(state)) if state.is_failure() => DesiredCondition::false_(
-            condition_type::READY,
-            state.as_str(),
-            status
-                .task
-                .as_ref()
-                .and_then(|t| t.terminating_error.as_ref())
-                .map(|e| e.message.clone())
-                .unwrap_or_default(),
-        ),
+        (None, Some(state)) if state.is_failure() || state == TaskState::Canceled => {
+            DesiredCondition::false_(
+                condition_type::READY,
+                state.as_str(),
+                status
+                    .task
+                    .as_ref()
+                    .and_then(|t| t.terminating_error.as_ref())
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            )
+        }
         _ => DesiredCondition::false_(
             condition_type::READY,
             "Creating",
@@ -965,9 +975,16 @@ async fn reconcile(
     if significant(&current_status, &status) {
         apply_status(&schemes, &scheme, &field_manager(CONTROLLER), &status).await?;
     }
-    // A retry is consumed by the task it started, and dropped when it cannot apply.
-    if scheme.annotations().contains_key(ANNOTATION_RETRY) {
-        let patch = json!({ "metadata": { "annotations": { ANNOTATION_RETRY: null } } });
+    // A retry is consumed by the task it started, and dropped when it cannot apply; a cancel
+    // is consumed by the task it stopped, or dropped once the creation task has ended.
+    let consumed: serde_json::Map<String, serde_json::Value> =
+        [ANNOTATION_RETRY, ANNOTATION_CANCEL]
+            .into_iter()
+            .filter(|key| scheme.annotations().contains_key(*key))
+            .map(|key| (key.to_owned(), serde_json::Value::Null))
+            .collect();
+    if !consumed.is_empty() {
+        let patch = json!({ "metadata": { "annotations": consumed } });
         schemes
             .patch(&name, &super::strict::patch(), &Patch::Merge(&patch))
             .await?;
