@@ -1,0 +1,463 @@
+//! End-to-end test of the KubeVirt backend: the real operator binary runs `examples/` with the
+//! KubeVirt connection and hosting unit of `examples/kubevirt/`, against a real control plane
+//! holding the real CRDs of KubeVirt v1.9.0, CDI v1.66.0, the CSI external-snapshotter v8.6.0
+//! and Multus v4.3.0 (`../shared/kubevirt-crds`). Every object the operator writes is accepted
+//! by those schemas with strict field validation. No KubeVirt or CDI controller runs: the
+//! test's stand-in (`support/kubevirt_standin.rs`) plays them.
+//!
+//! The in-repo test server serves no PersistentVolumeClaims or StorageClasses, so there the
+//! test says so and passes without running.
+
+#[path = "support/kubevirt_standin.rs"]
+mod kubevirt_standin;
+mod support;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::storage::v1::StorageClass;
+use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
+use kube::core::ApiResource;
+use mcs_kubevirt::objects;
+use mcs_operator::api::{
+    ANNOTATION_CANCEL, ConnectionState, HypervisorConnection, ImageVersionSpec, ProvScheme, ProvVm,
+    TaskState, UpdateStatus,
+};
+use serde_json::{Value, json};
+use support::cluster::{Mode, mode};
+use support::operator::{Harness, MACHINES, PREPARED, SCHEME, ready, task_state};
+
+/// A hosting unit path of a master.
+fn master_path(vm: &str, snapshot: &str) -> String {
+    format!(r"XDHyp:\HostingUnits\lab\{vm}.vm\{snapshot}.snapshot")
+}
+
+/// The real CRDs of KubeVirt, CDI, the snapshotter and Multus, copied into a folder of their
+/// own (the shared folder also holds `examples/`, which `kubectl wait -f` would read).
+fn kubevirt_crds() -> PathBuf {
+    let source = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../shared/kubevirt-crds");
+    let dir = std::env::temp_dir().join(format!("mcs-kubevirt-crds-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("crd dir");
+    for entry in std::fs::read_dir(&source).expect("../shared/kubevirt-crds") {
+        let path = entry.expect("entry").path();
+        if path.extension().is_some_and(|e| e == "yaml") {
+            std::fs::copy(&path, dir.join(path.file_name().expect("name"))).expect("copy");
+        }
+    }
+    dir
+}
+
+/// `examples/` with the connection and hosting unit of `examples/kubevirt/`, the KubeVirt
+/// namespace set to the test's.
+fn kubevirt_examples(h: &Harness) -> Vec<Value> {
+    let mut objects = Vec::new();
+    for file in ["00-hypervisor-connection.yaml", "01-hosting-unit.yaml"] {
+        let text = std::fs::read_to_string(
+            PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                .join("examples/kubevirt")
+                .join(file),
+        )
+        .expect("example");
+        let mut object: Value = serde_yaml::from_str(&text).expect("yaml");
+        if object["kind"] == "HypervisorConnection" {
+            object["spec"]["kubeVirt"]["namespace"] = json!(h.cluster.namespace);
+        }
+        objects.push(object);
+    }
+    objects.extend(
+        h.examples()
+            .into_iter()
+            .filter(|o| o["kind"] != "HypervisorConnection" && o["kind"] != "HostingUnit"),
+    );
+    objects
+}
+
+/// Server-side applies `object` with strict field validation, as a user's `kubectl apply
+/// --server-side` does.
+async fn apply(h: &Harness, ar: &ApiResource, object: Value) {
+    let name = object["metadata"]["name"]
+        .as_str()
+        .expect("name")
+        .to_string();
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(h.cluster.client.clone(), &h.cluster.namespace, ar);
+    api.patch(
+        &name,
+        &PatchParams::apply("e2e").force().validation_strict(),
+        &Patch::Apply(&object),
+    )
+    .await
+    .unwrap_or_else(|e| panic!("{} {name}: {e}", ar.kind));
+}
+
+/// The StorageClasses, the master VirtualMachine with its disk and snapshot, and the Multus
+/// network the examples name.
+async fn master_world(h: &Harness) {
+    let classes: Api<StorageClass> = Api::all(h.cluster.client.clone());
+    for name in ["fast-ssd", "standard"] {
+        let class = json!({"apiVersion": "storage.k8s.io/v1", "kind": "StorageClass",
+            "metadata": {"name": name}, "provisioner": "standin.mcs.imaging.dev"});
+        classes
+            .patch(
+                name,
+                &PatchParams::apply("e2e").force().validation_strict(),
+                &Patch::Apply(&class),
+            )
+            .await
+            .expect("storage class");
+    }
+    let pvc = ApiResource::erase::<PersistentVolumeClaim>(&());
+    apply(
+        h,
+        &pvc,
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "win11-disk"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+                 "resources": {"requests": {"storage": "64Mi"}}}}),
+    )
+    .await;
+    apply(h, &objects::virtual_machines(), json!({"apiVersion": "kubevirt.io/v1",
+        "kind": "VirtualMachine", "metadata": {"name": "win11"},
+        "spec": {"runStrategy": "Halted", "template": {"spec": {
+            "domain": {"devices": {"disks": [{"name": "system", "disk": {"bus": "virtio"}}]},
+                       "memory": {"guest": "4Gi"}},
+            "volumes": [{"name": "system", "persistentVolumeClaim": {"claimName": "win11-disk"}}]}}}}))
+    .await;
+    apply(
+        h,
+        &objects::volume_snapshots(),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot", "metadata": {"name": "base"},
+        "spec": {"source": {"persistentVolumeClaimName": "win11-disk"}}}),
+    )
+    .await;
+    apply(h, &objects::network_attachments(), json!({"apiVersion": "k8s.cni.cncf.io/v1",
+        "kind": "NetworkAttachmentDefinition", "metadata": {"name": "tenant-net"},
+        "spec": {"config": "{\"cniVersion\": \"0.3.1\", \"name\": \"tenant-net\", \"type\": \"bridge\"}"}}))
+    .await;
+}
+
+/// Installs the KubeVirt CRDs and those of the operator binary under test (`mcs-operator
+/// crd`, so that the operator's startup check agrees with them even while `crds/` lags behind
+/// the source) into the test process's control plane, once.
+fn install_crds(h: &Harness) {
+    static ONCE: std::sync::Mutex<bool> = std::sync::Mutex::new(false);
+    let mut done = ONCE.lock().unwrap_or_else(|p| p.into_inner());
+    if *done {
+        return;
+    }
+    let dir = h.dir.path().join("own-crds");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mcs-operator"))
+        .args(["crd", "--out-dir"])
+        .arg(&dir)
+        .output()
+        .expect("mcs-operator crd");
+    assert!(out.status.success(), "{out:?}");
+    let kubectl = support::cluster::kubectl_path().expect("kubectl");
+    mcs_testapi::control_plane::install_crds(
+        &kubectl,
+        &h.cluster.kubeconfig,
+        &[kubevirt_crds(), dir],
+    )
+    .expect("CRDs installed");
+    *done = true;
+}
+
+async fn names(h: &Harness, ar: &ApiResource) -> Vec<String> {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(h.cluster.client.clone(), &h.cluster.namespace, ar);
+    let mut names: Vec<String> = api
+        .list(&ListParams::default())
+        .await
+        .expect("list")
+        .items
+        .into_iter()
+        .filter_map(|o| o.metadata.name)
+        .collect();
+    names.sort();
+    names
+}
+
+/// One test's world on the shared control plane: the KubeVirt CRDs, the master world, the
+/// stand-in and the operator, with the KubeVirt examples applied; `None` on the test server.
+async fn world(test: &str) -> Option<(Harness, kubevirt_standin::StandIn)> {
+    if mode() == Mode::TestServer {
+        eprintln!(
+            "skipped: the in-repo test server serves no PVCs or StorageClasses; set KUBEBUILDER_ASSETS"
+        );
+        return None;
+    }
+    let mut h = Harness::new(test, "16M", 1).await;
+    tokio::task::block_in_place(|| install_crds(&h));
+    master_world(&h).await;
+    let standin = kubevirt_standin::StandIn::start(
+        h.cluster.client.clone(),
+        &h.cluster.namespace,
+        Duration::from_millis(150),
+        10.0,
+    );
+    h.start_operator();
+    h.apply(&kubevirt_examples(&h)).await;
+    let connection = h
+        .wait::<HypervisorConnection>("local", "On", |c| {
+            c.status
+                .as_ref()
+                .is_some_and(|s| s.state == Some(ConnectionState::On))
+        })
+        .await;
+    assert!(
+        connection.status.expect("status").alerts.is_empty(),
+        "no alerts"
+    );
+    Some((h, standin))
+}
+
+/// Waits until spec `name`'s task has ended; returns the spec.
+async fn ended(h: &Harness, name: &str) -> ImageVersionSpec {
+    h.wait::<ImageVersionSpec>(name, "its task ended", |s| {
+        task_state(s.status.as_ref().and_then(|s| s.task.as_ref()))
+            .is_some_and(|t| t == TaskState::Finished || t.is_failure() || t == TaskState::Canceled)
+    })
+    .await
+}
+
+fn state_of(spec: &ImageVersionSpec) -> (TaskState, String) {
+    let task = spec
+        .status
+        .as_ref()
+        .and_then(|s| s.task.clone())
+        .expect("task");
+    let message = task
+        .terminating_error
+        .map(|e| e.message)
+        .unwrap_or_default();
+    (task.task_state, message)
+}
+
+async fn create(h: &Harness, object: Value) -> DynamicObject {
+    h.create(&object)
+        .await
+        .unwrap_or_else(|e| panic!("{object}: {e}"))
+}
+
+async fn version(h: &Harness, name: &str) {
+    create(
+        h,
+        json!({"apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "ImageVersion",
+        "metadata": {"name": name}, "spec": {"imageDefinitionRef": "win11"}}),
+    )
+    .await;
+}
+
+async fn master(h: &Harness, name: &str, version: &str, path: &str) {
+    create(
+        h,
+        json!({"apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "ImageVersionSpec",
+        "metadata": {"name": name},
+        "spec": {"imageVersionRef": version,
+                 "master": {"hostingUnitRef": "lab", "masterImagePath": path}}}),
+    )
+    .await;
+}
+
+/// Creates a prepared spec; returns its uid (the prepared image id).
+async fn prepared(h: &Harness, name: &str, version: &str, source: &str, policy: &str) -> String {
+    create(
+        h,
+        json!({"apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "ImageVersionSpec",
+        "metadata": {"name": name},
+        "spec": {"imageVersionRef": version, "deletionPolicy": policy,
+                 "prepared": {"sourceSpecRef": source,
+                              "networkMapping": {"0": r"XDHyp:\HostingUnits\lab\lan.network"},
+                              "vmCpuCount": 2, "vmMemoryMB": 2048}}}),
+    )
+    .await
+    .metadata
+    .uid
+    .expect("uid")
+}
+
+fn pvcs() -> ApiResource {
+    ApiResource::erase::<PersistentVolumeClaim>(&())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubevirt_examples_prepare_images_and_machines() {
+    let Some((mut h, standin)) = world("kubevirt-flow").await else {
+        return;
+    };
+    let prepared = ended(&h, PREPARED).await;
+    let (state, message) = state_of(&prepared);
+    assert_eq!(state, TaskState::Finished, "{message}\n{}", h.log_tail());
+    let status = prepared.status.clone().expect("status");
+    assert_eq!(status.task.expect("task").task_progress, 100);
+    assert_eq!(status.instances.len(), 2, "{:?}", status.instances);
+    let uid = prepared.metadata.uid.clone().expect("uid");
+    let claims = names(&h, &pvcs()).await;
+    for storage in ["primary", "secondary"] {
+        let pvc = objects::prepared_name(&uid, storage);
+        assert!(claims.contains(&pvc), "{pvc} in {claims:?}");
+    }
+
+    let scheme = h
+        .wait::<ProvScheme>(SCHEME, "version 1 Finished with 3 machines", |s| {
+            s.status.as_ref().is_some_and(|st| {
+                st.up_to_date_machines == 3
+                    && task_state(st.task.as_ref()) == Some(TaskState::Finished)
+            })
+        })
+        .await;
+    assert!(ready(&scheme.status.expect("status").conditions));
+    let vms = names(&h, &objects::virtual_machines()).await;
+    let claims = names(&h, &pvcs()).await;
+    for machine in MACHINES {
+        let vm = h
+            .wait::<ProvVm>(machine, "UpToDate", |vm| {
+                vm.status
+                    .as_ref()
+                    .is_some_and(|st| st.update_status == Some(UpdateStatus::UpToDate))
+            })
+            .await;
+        let name = objects::machine_name(SCHEME, &vm.spec.machine_name);
+        assert!(vms.contains(&name), "{name} in {vms:?}");
+        assert!(claims.contains(&objects::disk_name(&name)), "{claims:?}");
+    }
+    println!(
+        "KubeVirt objects after the examples: {} VirtualMachines, {} PVCs",
+        vms.len(),
+        claims.len()
+    );
+
+    // Deleting the prepared spec while the scheme's machines use it is refused.
+    let specs: Api<ImageVersionSpec> = h.api();
+    specs
+        .delete(PREPARED, &DeleteParams::default())
+        .await
+        .expect("delete");
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let kept = specs.get(PREPARED).await.expect("still there");
+    assert!(kept.metadata.deletion_timestamp.is_some());
+    let claims = names(&h, &pvcs()).await;
+    assert!(
+        claims.contains(&objects::prepared_name(&uid, "primary")),
+        "in use: kept {claims:?}"
+    );
+    drop(standin);
+    h.kill_operator();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubevirt_failures_cancel_and_retain() {
+    let Some((mut h, standin)) = world("kubevirt-failures").await else {
+        return;
+    };
+    // A VolumeSnapshot the CSI driver failed to cut, and one of a PVC that is no disk of the VM.
+    apply(
+        &h,
+        &objects::volume_snapshots(),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot",
+        "metadata": {"name": "broken", "labels": {kubevirt_standin::BROKEN: "yes"}},
+        "spec": {"source": {"persistentVolumeClaimName": "win11-disk"}}}),
+    )
+    .await;
+    apply(
+        &h,
+        &pvcs(),
+        json!({"apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": "scratch"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "storageClassName": "standard",
+                 "resources": {"requests": {"storage": "1Mi"}}}}),
+    )
+    .await;
+    apply(
+        &h,
+        &objects::volume_snapshots(),
+        json!({"apiVersion": "snapshot.storage.k8s.io/v1",
+        "kind": "VolumeSnapshot", "metadata": {"name": "other"},
+        "spec": {"source": {"persistentVolumeClaimName": "scratch"}}}),
+    )
+    .await;
+    for (v, path) in [
+        ("nosnap", master_path("win11", "nosuch")),
+        ("notready", master_path("win11", "broken")),
+        ("notasnap", master_path("win11", "other")),
+        ("clonefail", master_path("win11", "base")),
+        ("cancel", master_path("win11", "base")),
+        ("retain", master_path("win11", "base")),
+    ] {
+        version(&h, v).await;
+        master(&h, &format!("m-{v}"), v, &path).await;
+    }
+    let fail_uid = prepared(&h, "p-clonefail", "clonefail", "m-clonefail", "Delete").await;
+    standin.fail_clone(&objects::prepared_name(&fail_uid, "primary"));
+    let cancel_uid = prepared(&h, "p-cancel", "cancel", "m-cancel", "Delete").await;
+    let held = objects::prepared_name(&cancel_uid, "primary");
+    standin.hold_clone(&held);
+    let retain_uid = prepared(&h, "p-retain", "retain", "m-retain", "Retain").await;
+    for v in ["nosnap", "notready", "notasnap"] {
+        prepared(&h, &format!("p-{v}"), v, &format!("m-{v}"), "Delete").await;
+    }
+
+    for (name, expected) in [
+        ("p-nosnap", TaskState::SnapshotNotFound),
+        ("p-notready", TaskState::InvalidSnapshotState),
+        ("p-notasnap", TaskState::MasterImageNotASnapshot),
+        ("p-clonefail", TaskState::DiskConsolidationFailed),
+    ] {
+        let (state, message) = state_of(&ended(&h, name).await);
+        assert_eq!(state, expected, "{name}: {message}\n{}", h.log_tail());
+        println!("{name}: {state:?}: {message}");
+    }
+    let claims = names(&h, &pvcs()).await;
+    assert!(
+        !claims.contains(&objects::prepared_name(&fail_uid, "primary")),
+        "a failed clone leaves no PVC: {claims:?}"
+    );
+
+    // Cancel while the clone is held in progress: the DataVolume and its PVC are removed.
+    h.wait::<ImageVersionSpec>("p-cancel", "cloning", |s| {
+        task_state(s.status.as_ref().and_then(|s| s.task.as_ref()))
+            == Some(TaskState::ConsolidatingMasterImage)
+    })
+    .await;
+    let specs: Api<ImageVersionSpec> = h.api();
+    specs
+        .patch(
+            "p-cancel",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"metadata": {"annotations": {ANNOTATION_CANCEL: "true"}}})),
+        )
+        .await
+        .expect("cancel");
+    let (state, _) = state_of(&ended(&h, "p-cancel").await);
+    assert_eq!(state, TaskState::Canceled);
+    standin.release_clone(&held);
+    let dvs = names(&h, &objects::data_volumes()).await;
+    assert!(!dvs.contains(&held), "canceled clone removed: {dvs:?}");
+
+    // Retain: deleting the finished spec keeps its PVCs.
+    let (state, message) = state_of(&ended(&h, "p-retain").await);
+    assert_eq!(state, TaskState::Finished, "{message}");
+    specs
+        .delete("p-retain", &DeleteParams::default())
+        .await
+        .expect("delete");
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while specs.get_opt("p-retain").await.expect("get").is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "p-retain not deleted\n{}",
+            h.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let claims = names(&h, &pvcs()).await;
+    for storage in ["primary", "secondary"] {
+        let pvc = objects::prepared_name(&retain_uid, storage);
+        assert!(claims.contains(&pvc), "Retain keeps {pvc}: {claims:?}");
+    }
+    drop(standin);
+    h.kill_operator();
+}
