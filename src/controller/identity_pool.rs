@@ -157,15 +157,35 @@ fn error_policy(
 pub async fn run(context: Arc<Context>) {
     let pools = context.watched_api::<IdentityPool>();
     let schemes = context.watched_api::<ProvScheme>();
-    let controller =
-        Controller::new(pools, watcher_config()).trigger_backoff(super::trigger_backoff());
-    context.caches.track(CONTROLLER, controller.store());
+    // Machines come and go without their scheme changing (a scale-down's last deletions land
+    // after the scheme's status): every machine event recounts the pools of its namespace,
+    // debounced, or `accountsInUse` stayed stale until the resync.
+    let controller = Controller::new(pools, watcher_config())
+        .trigger_backoff(super::trigger_backoff())
+        .with_config(
+            kube::runtime::controller::Config::default()
+                .debounce(std::time::Duration::from_millis(500)),
+        );
+    let store = controller.store();
+    context.caches.track(CONTROLLER, store.clone());
     controller
         .watches(schemes, watcher_config(), |scheme: ProvScheme| {
             scheme.namespace().map(|ns| {
                 ObjectRef::<IdentityPool>::new(&scheme.spec.identity_pool_ref).within(&ns)
             })
         })
+        .watches(
+            context.watched_api::<ProvVm>(),
+            watcher_config(),
+            move |machine: ProvVm| {
+                let namespace = machine.namespace();
+                store
+                    .state()
+                    .into_iter()
+                    .filter(move |pool| pool.namespace() == namespace)
+                    .map(|pool| ObjectRef::from_obj(pool.as_ref()))
+            },
+        )
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {

@@ -3,8 +3,10 @@
 
 #![allow(dead_code)] // every test crate includes this module and uses only some helpers
 
+pub mod campaign;
 pub mod cluster;
 pub mod operator;
+pub mod proxy;
 pub mod tools;
 
 use std::process::Command;
