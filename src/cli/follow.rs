@@ -211,11 +211,11 @@ pub async fn follow(
                     Some(Outcome::Pending) => {}
                     Some(Outcome::Finished(line)) => {
                         view.abandon();
-                        return Ok(FollowEnd::Finished(vec![line]));
+                        return Ok(FollowEnd::Finished(view.unprinted(line)));
                     }
                     Some(Outcome::Failed(line)) => {
                         view.abandon();
-                        return Ok(FollowEnd::Failed(vec![line]));
+                        return Ok(FollowEnd::Failed(view.unprinted(line)));
                     }
                 }
             }
@@ -234,6 +234,7 @@ async fn sleep_until(deadline: Option<tokio::time::Instant>) {
 struct Shown {
     task_id: String,
     bar: Option<ProgressBar>,
+    /// What the last plain line said (state, operation, tenth of progress).
     last_line: String,
     ended: Option<TaskRow>,
 }
@@ -243,6 +244,7 @@ struct View {
     multi: Option<MultiProgress>,
     shown: HashMap<(String, Target), Shown>,
     order: Vec<(String, Target)>,
+    printed: std::collections::HashSet<String>,
 }
 
 impl View {
@@ -251,6 +253,7 @@ impl View {
             multi: bars.then(|| MultiProgress::with_draw_target(ProgressDrawTarget::stdout())),
             shown: HashMap::new(),
             order: Vec::new(),
+            printed: std::collections::HashSet::new(),
         }
     }
 
@@ -280,11 +283,13 @@ impl View {
                 let bar = self.multi.as_ref().map(|multi| {
                     let bar = multi.add(ProgressBar::new(100));
                     bar.set_style(
-                        ProgressStyle::with_template("{prefix} [{bar:30}] {pos:>3}% {msg}")
-                            .unwrap_or_else(|_| ProgressStyle::default_bar())
-                            .progress_chars("=> "),
+                        ProgressStyle::with_template(
+                            "{prefix:42!} [{bar:24}] {pos:>3}% {wide_msg}",
+                        )
+                        .unwrap_or_else(|_| ProgressStyle::default_bar())
+                        .progress_chars("=> "),
                     );
-                    bar.set_prefix(format!("{} {}", row.target(), row.task.task_type));
+                    bar.set_prefix(row.target().to_string());
                     bar
                 });
                 if !self.order.contains(&key) {
@@ -316,19 +321,27 @@ impl View {
                 match &shown.bar {
                     Some(bar) => {
                         bar.set_position(u64::try_from(task.task_progress).unwrap_or(0));
-                        bar.set_message(format!("{} · {operation}{eta}", task.task_state));
+                        bar.set_message(format!(
+                            "{} {}{eta} · {operation}",
+                            task.task_type, task.task_state
+                        ));
                     }
                     None => {
-                        let line = format!(
-                            "{} {} {} {}% {operation}",
-                            row.target(),
-                            task.task_type,
+                        // A line per state or operation, and per tenth of progress within one.
+                        let key = format!(
+                            "{} {operation} {}",
                             task.task_state,
-                            task.task_progress
+                            task.task_progress / 10
                         );
-                        if line != shown.last_line {
-                            println!("{line}");
-                            shown.last_line = line;
+                        if key != shown.last_line {
+                            println!(
+                                "{} {} {} {}% {operation}",
+                                row.target(),
+                                task.task_type,
+                                task.task_state,
+                                task.task_progress
+                            );
+                            shown.last_line = key;
                         }
                     }
                 }
@@ -340,10 +353,22 @@ impl View {
                         bar.finish_with_message(format!("{}", task.task_state));
                     }
                     Some(bar) => bar.abandon_with_message(line),
-                    None => println!("{line}"),
+                    None => {
+                        println!("{line}");
+                        self.printed.insert(line);
+                    }
                 }
                 shown.ended = Some(row.clone());
             }
+        }
+    }
+
+    /// The outcome's `line`, unless it was already printed as a task's last plain line.
+    fn unprinted(&self, line: String) -> Vec<String> {
+        if self.printed.contains(&line) {
+            Vec::new()
+        } else {
+            vec![line]
         }
     }
 

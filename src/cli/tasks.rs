@@ -292,7 +292,9 @@ pub fn table(rows: &[TaskRow], namespaces: bool, now: Timestamp) -> String {
             row.target().to_string(),
             task.task_type.to_string(),
             task.task_state.to_string(),
-            task.current_operation.clone().unwrap_or_else(|| "-".into()),
+            task.current_operation
+                .as_deref()
+                .map_or_else(|| "-".into(), |o| shorten(o, 48)),
             format!("{}%", task.task_progress),
             format!("{} ago", human((now - task.date_started).get_seconds())),
             human(elapsed(task, now)),
@@ -499,11 +501,40 @@ fn machines_outcome(
     ))
 }
 
-/// Whether every task in `snapshot` has ended and every scheme has the machines it wants (what
-/// `tasks -w` waits for).
+/// Whether every task in `snapshot` has ended, every object that gets a task (a prepared
+/// spec, a scheme, a machine) has one for its current spec, and every scheme has the machines
+/// it wants (what `tasks -w` waits for).
 pub fn all_settled(snapshot: &Snapshot) -> bool {
+    let picked_up = |stale: bool, task: Option<&TaskStatus>| !stale && task.is_some();
     rows(snapshot).iter().all(|r| !r.task.active)
+        && snapshot
+            .specs
+            .iter()
+            .filter(|s| s.spec.prepared.is_some())
+            .all(|s| {
+                let status = s.status.as_ref();
+                picked_up(
+                    stale(s.as_ref(), status.and_then(|st| st.observed_generation)),
+                    status.and_then(|st| st.task.as_ref()),
+                )
+            })
+        && snapshot.machines.iter().all(|m| {
+            let status = m.status.as_ref();
+            m.metadata.deletion_timestamp.is_some()
+                || picked_up(
+                    stale(m.as_ref(), status.and_then(|st| st.observed_generation)),
+                    status.and_then(|st| st.task.as_ref()),
+                )
+        })
         && snapshot.schemes.iter().all(|scheme| {
+            let status = scheme.status.as_ref();
+            let task = status.and_then(|s| s.task.as_ref());
+            if !picked_up(
+                stale(scheme.as_ref(), status.and_then(|s| s.observed_generation)),
+                task,
+            ) {
+                return false;
+            }
             let machines = snapshot
                 .machines
                 .iter()
@@ -513,11 +544,8 @@ pub fn all_settled(snapshot: &Snapshot) -> bool {
                         && m.metadata.deletion_timestamp.is_none()
                 })
                 .count();
-            let failed = scheme
-                .status
-                .as_ref()
-                .and_then(|s| s.task.as_ref())
-                .is_some_and(|t| t.task_state != TaskState::Finished && t.is_terminal());
+            let failed =
+                task.is_some_and(|t| t.task_state != TaskState::Finished && t.is_terminal());
             failed || usize::try_from(scheme.spec.machine_count).ok() == Some(machines)
         })
 }
@@ -616,6 +644,7 @@ pub(crate) mod tests {
         machine(name, scheme, Some(task(id, VM, state, progress)))
     }
 
+    /// `KIND/NAME`, parsed.
     pub(crate) fn target(text: &str) -> Target {
         Target::parse(text).expect("target")
     }
@@ -831,6 +860,14 @@ pub(crate) mod tests {
             outcome(&t, &snapshot, &none, "lab"),
             Some(Outcome::Pending),
             "one machine missing"
+        );
+        let unstarted = Snapshot {
+            schemes: vec![scheme("desktops", 0, None)],
+            ..Snapshot::default()
+        };
+        assert!(
+            !all_settled(&unstarted),
+            "a scheme the operator has not picked up yet"
         );
         snapshot
             .machines

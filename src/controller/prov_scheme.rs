@@ -552,7 +552,7 @@ fn creation_task(
     let transition = |e: mcs_domain::task::TaskError| ControllerError::Task(e.to_string());
     if tasks::TaskAnnotations::read(scheme.annotations()).cancel {
         task.cancel(
-            format!("canceled by the {ANNOTATION_CANCEL} annotation"),
+            format!("canceled by the annotation {ANNOTATION_CANCEL}"),
             now,
         )
         .map_err(transition)?;
