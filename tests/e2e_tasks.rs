@@ -24,6 +24,37 @@ fn cli(h: &Harness, args: &[&str]) -> Output {
         .expect("mcs-operator runs")
 }
 
+/// Runs `kubectl mcs ARGS` with the binary linked as the plugin `kubectl-mcs`, as users run
+/// it; without a kubectl (test server only, nothing on `PATH`) the binary itself.
+fn kubectl_mcs(h: &Harness, args: &[&str]) -> Output {
+    let Some(kubectl) = support::cluster::kubectl_path() else {
+        eprintln!("no kubectl found: `kubectl mcs` is run as the binary itself");
+        return cli(h, args);
+    };
+    let plugins = h.dir.path().join("plugins");
+    if !plugins.exists() {
+        std::fs::create_dir_all(&plugins).expect("plugins");
+        std::os::unix::fs::symlink(
+            env!("CARGO_BIN_EXE_mcs-operator"),
+            plugins.join("kubectl-mcs"),
+        )
+        .expect("link");
+    }
+    let path = format!(
+        "{}:{}",
+        plugins.display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    Command::new(kubectl)
+        .arg("mcs")
+        .args(args)
+        .args(["--namespace", &h.cluster.namespace])
+        .env("KUBECONFIG", &h.cluster.kubeconfig)
+        .env("PATH", path)
+        .output()
+        .expect("kubectl runs")
+}
+
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -241,7 +272,7 @@ async fn a_scheme_scale_up_is_followed_machine_by_machine() {
     bad["spec"]["machineCount"] = json!(1);
     bad["spec"]["securityGroups"] = json!(["XDHyp:\\HostingUnits\\lab\\open.securitygroup"]);
     h.apply(&[bad]).await;
-    let wait = cli(&h, &["wait", "ps/guarded", "--timeout", "60s"]);
+    let wait = kubectl_mcs(&h, &["wait", "ps/guarded", "--timeout", "60s"]);
     assert_eq!(wait.status.code(), Some(1), "{}", describe(&wait));
     let line = last_line(&wait);
     assert!(
@@ -249,7 +280,7 @@ async fn a_scheme_scale_up_is_followed_machine_by_machine() {
         "{}",
         describe(&wait)
     );
-    let failed = cli(&h, &["tasks", "--failed", "-o", "yaml"]);
+    let failed = kubectl_mcs(&h, &["tasks", "--failed", "-o", "yaml"]);
     let text = stdout(&failed);
     assert!(
         text.contains("taskState: SecurityGroupPathResolutionFailed"),
