@@ -1358,6 +1358,12 @@ mod tests {
             failure_state(&errors[0]),
             TaskState::SecurityGroupPathResolutionFailed
         );
+        let update = judge(&s, Some(&spec()), Some(SessionSupport::SingleSession), &r);
+        assert_eq!(
+            reasons(&update),
+            ["SecurityGroupPathResolutionFailed"; 4],
+            "Set-ProvScheme with a group the hosting unit lacks is rejected too"
+        );
     }
 
     fn slot(object: &str, index: u64, created: i64, building: bool) -> MachineSlot {
