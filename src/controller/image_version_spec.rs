@@ -1217,7 +1217,7 @@ pub async fn run(context: Arc<Context>) {
         .run(reconcile, error_policy, context)
         .for_each(|result| async move {
             if let Err(error) = result {
-                tracing::debug!(controller = CONTROLLER, %error, "reconcile error");
+                super::log_run_error(CONTROLLER, &error);
             }
         })
         .await;

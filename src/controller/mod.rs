@@ -199,6 +199,48 @@ impl kube::runtime::utils::Backoff for TriggerBackoff {
     }
 }
 
+/// Logs an error of a controller's run stream. A failed watch (the API server unreachable or
+/// restarting, a 410 Expired to relist from) is logged as a warning at most once per
+/// [`WATCH_WARNING_INTERVAL`] per controller, saying how many more were folded into it, so an
+/// outage says what happens without a line per watch and retry; other errors were logged by the
+/// error policy already and go to debug.
+pub fn log_run_error<E: std::fmt::Display>(
+    controller: &'static str,
+    error: &kube::runtime::controller::Error<E, watcher::Error>,
+) {
+    use std::collections::HashMap;
+    use std::sync::{LazyLock, Mutex};
+    static LAST: LazyLock<Mutex<HashMap<&'static str, (std::time::Instant, u64)>>> =
+        LazyLock::new(Mutex::default);
+    let kube::runtime::controller::Error::QueueError(watch) = error else {
+        tracing::debug!(controller, %error, "reconcile error");
+        return;
+    };
+    let mut last = LAST
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    let now = std::time::Instant::now();
+    match last.get_mut(controller) {
+        Some((at, folded)) if now.duration_since(*at) < WATCH_WARNING_INTERVAL => {
+            *folded += 1;
+            tracing::debug!(controller, error = %watch, "watch failed again; retrying");
+        }
+        entry => {
+            let folded = entry.map_or(0, |(_, folded)| *folded);
+            tracing::warn!(
+                controller,
+                error = %watch,
+                folded,
+                "watch of the API server failed; retrying with backoff (folded: failures since the last such line)"
+            );
+            last.insert(controller, (now, 0));
+        }
+    }
+}
+
+/// At most one watch warning per controller this often (see [`log_run_error`]).
+pub const WATCH_WARNING_INTERVAL: Duration = Duration::from_secs(30);
+
 /// Runs every controller until the process is told to stop.
 pub async fn run(client: Client, config: OperatorConfig) {
     run_with(Context::new(client, config)).await;

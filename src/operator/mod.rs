@@ -125,16 +125,34 @@ impl RunOptions {
 
 /// Installs the `tracing` subscriber: `options.log_level` (overridden by `RUST_LOG` when set)
 /// in `options.log_format`, to stderr.
+///
+/// Unless the filter names `kube_client`, kube's client logs only its errors and not the
+/// per-request trace: an API server restart otherwise writes a warning per open watch ("eof in
+/// poll") and an error per failed request, where the controllers already say once per 30 s
+/// that their watches fail (`controller::log_run_error`) and each failed reconcile is logged
+/// with its reason.
 pub fn init_logging(options: &RunOptions) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .or_else(|_| tracing_subscriber::EnvFilter::try_new(&options.log_level))
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let directives = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.is_empty())
+        .unwrap_or_else(|| options.log_level.clone());
+    let filter = tracing_subscriber::EnvFilter::try_new(quiet_kube_client(&directives))
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(quiet_kube_client("info")));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
     match options.log_format {
         LogFormat::Json => builder.json().init(),
         LogFormat::Text => builder.init(),
+    }
+}
+
+/// `directives` with kube's client quieted (see [`init_logging`]) unless they name it.
+fn quiet_kube_client(directives: &str) -> String {
+    if directives.contains("kube_client") {
+        directives.to_owned()
+    } else {
+        format!("{directives},kube_client::client=error,kube_client::client::builder=off")
     }
 }
 
