@@ -162,11 +162,13 @@ async fn api_server_and_etcd_restarts_mid_flow() {
     print_log_summary(&h);
     let log = std::fs::read_to_string(h.operator_log(1)).unwrap_or_default();
     assert!(
-        log.contains("WARN") || log.contains("ERROR"),
-        "the log says something went wrong"
+        log.contains("watch of the API server failed"),
+        "the log says the API server went away"
     );
+    // One "watch failed" line per controller per 30 s, plus the reconciles that failed while
+    // the server was away (14 in all when measured; 102 before the logs were quieted).
     assert!(
-        bad < 400,
+        bad < 100,
         "{bad} warning/error lines for two restarts: the log floods"
     );
 }
@@ -199,7 +201,7 @@ async fn slow_and_dropping_api_server_is_survived() {
     print_log_summary(&h);
     assert!(dropped > 0, "the proxy cut connections");
     assert!(
-        bad < 400,
+        bad < 100,
         "{bad} warning/error lines for {dropped} cut connections: the log floods"
     );
 }
