@@ -21,8 +21,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::ApiResource;
 use mcs_kubevirt::objects;
 use mcs_operator::api::{
-    ANNOTATION_CANCEL, ConnectionState, HypervisorConnection, ImageVersionSpec, ProvScheme, ProvVm,
-    TaskState, UpdateStatus,
+    ANNOTATION_CANCEL, ConnectionState, HypervisorConnection, ImageVersionSpec, PowerState,
+    ProvScheme, ProvVm, TaskState, UpdateStatus,
 };
 use serde_json::{Value, json};
 use support::cluster::{Mode, mode};
@@ -278,6 +278,30 @@ async fn prepared(h: &Harness, name: &str, version: &str, source: &str, policy: 
     .expect("uid")
 }
 
+/// Object `name` of `ar` as JSON.
+async fn get(h: &Harness, ar: &ApiResource, name: &str) -> Value {
+    let api: Api<DynamicObject> =
+        Api::namespaced_with(h.cluster.client.clone(), &h.cluster.namespace, ar);
+    serde_json::to_value(api.get(name).await.expect("get")).expect("json")
+}
+
+/// Waits until VirtualMachine `name` shows `printable` as its `status.printableStatus`.
+async fn wait_vm(h: &Harness, name: &str, printable: &str) -> Value {
+    let deadline = std::time::Instant::now() + h.timeout;
+    loop {
+        let vm = get(h, &objects::virtual_machines(), name).await;
+        if vm["status"]["printableStatus"] == printable {
+            return vm;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{name} not {printable}: {vm:#}\n{}",
+            h.log_tail()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 fn pvcs() -> ApiResource {
     ApiResource::erase::<PersistentVolumeClaim>(&())
 }
@@ -328,6 +352,81 @@ async fn kubevirt_examples_prepare_images_and_machines() {
         vms.len(),
         claims.len()
     );
+
+    // A scheme change, then a start inside the update window: the machine's VirtualMachine is
+    // rebuilt from scheme version 2 and runs.
+    let schemes: Api<ProvScheme> = h.api();
+    schemes
+        .patch(
+            SCHEME,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"vmMemoryMB": 3072,
+                "updateWindow": {"startTime": "2026-01-01T00:00:00Z", "durationMinutes": -1}}})),
+        )
+        .await
+        .expect("scheme change");
+    h.wait::<ProvScheme>(SCHEME, "version 2", |s| {
+        s.status
+            .as_ref()
+            .is_some_and(|st| st.provisioning_scheme_version == Some(2))
+    })
+    .await;
+    let first = h
+        .wait::<ProvVm>(MACHINES[0], "named", |_| true)
+        .await
+        .spec
+        .machine_name;
+    let vm_name = objects::machine_name(SCHEME, &first);
+    let machines: Api<ProvVm> = h.api();
+    let power = |state: &str| json!({"spec": {"powerState": state}});
+    machines
+        .patch(
+            MACHINES[0],
+            &PatchParams::default(),
+            &Patch::Merge(power("Running")),
+        )
+        .await
+        .expect("start");
+    h.wait::<ProvVm>(MACHINES[0], "rebuilt from version 2 and On", |vm| {
+        vm.status.as_ref().is_some_and(|st| {
+            st.provisioning_scheme_version == Some(2)
+                && st.update_status == Some(UpdateStatus::UpToDate)
+                && st.power_state == Some(PowerState::On)
+        })
+    })
+    .await;
+    let vm = wait_vm(&h, &vm_name, "Running").await;
+    assert_eq!(vm["spec"]["runStrategy"], "Always");
+    assert_eq!(
+        vm["spec"]["template"]["spec"]["domain"]["memory"]["guest"],
+        "3072Mi"
+    );
+
+    // Stop, then start again: clean-on-boot clones the disk afresh.
+    machines
+        .patch(
+            MACHINES[0],
+            &PatchParams::default(),
+            &Patch::Merge(power("Stopped")),
+        )
+        .await
+        .expect("stop");
+    let vm = wait_vm(&h, &vm_name, "Stopped").await;
+    assert_eq!(vm["spec"]["runStrategy"], "Halted");
+    let disk_uid = |dv: Value| dv["metadata"]["uid"].clone();
+    let disk = objects::disk_name(&vm_name);
+    let before = disk_uid(get(&h, &objects::data_volumes(), &disk).await);
+    machines
+        .patch(
+            MACHINES[0],
+            &PatchParams::default(),
+            &Patch::Merge(power("Running")),
+        )
+        .await
+        .expect("start again");
+    wait_vm(&h, &vm_name, "Running").await;
+    let after = disk_uid(get(&h, &objects::data_volumes(), &disk).await);
+    assert_ne!(before, after, "clean-on-boot recreated {disk}");
 
     // Deleting the prepared spec while the scheme's machines use it is refused.
     let specs: Api<ImageVersionSpec> = h.api();

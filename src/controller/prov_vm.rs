@@ -25,7 +25,7 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Resource, ResourceExt};
 use mcs_backend::{
     Backend, DeleteMachineRequest, MachineInfo, MachineRef, MachineRequest, Nic, Operation, Output,
-    WriteBackCache,
+    PowerRequest, WriteBackCache,
 };
 use mcs_domain::Reason;
 use mcs_domain::rules::{RuleError, field as rule_field};
@@ -664,6 +664,14 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                         status.provisioning_scheme_version = Some(version);
                         status.image_version_spec = Some(image);
                         status.power_state = Some(machine.spec.power_state.into());
+                        set_power(
+                            &ctx,
+                            &namespace,
+                            &scheme,
+                            machine_ref(&machine, &scheme, storage.clone()),
+                            machine.spec.power_state == DesiredPowerState::Running,
+                        )
+                        .await?;
                         tasks::publish(
                             &ctx.base,
                             machine.as_ref(),
@@ -792,15 +800,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                 });
                 if let (Some(unit), Some(connection)) = (unit, connection) {
                     let backend = ctx.base.backends.for_hosting_unit(&unit, &connection)?;
-                    let reference = MachineRef {
-                        storage: status
-                            .disks
-                            .first()
-                            .map(|d| d.storage.clone())
-                            .unwrap_or_default(),
-                        scheme: scheme.name_any(),
-                        machine_name: machine.spec.machine_name.clone(),
-                    };
+                    let reference = machine_ref(&machine, &scheme, first_storage(&status));
                     tasks::run_once(backend.as_ref(), Operation::ResetMachine(reference)).await?;
                     tasks::publish(
                         &ctx.base,
@@ -815,10 +815,26 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                     )
                     .await;
                 }
+                set_power(
+                    &ctx,
+                    &namespace,
+                    &scheme,
+                    machine_ref(&machine, &scheme, first_storage(&status)),
+                    true,
+                )
+                .await?;
                 status.power_state = Some(PowerState::On);
                 urgent = true;
             }
             StartAction::PowerOn => {
+                set_power(
+                    &ctx,
+                    &namespace,
+                    &scheme,
+                    machine_ref(&machine, &scheme, first_storage(&status)),
+                    true,
+                )
+                .await?;
                 status.power_state = Some(PowerState::On);
                 urgent = true;
             }
@@ -826,6 +842,8 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
     } else if machine.spec.power_state == DesiredPowerState::Stopped
         && status.power_state == Some(PowerState::On)
     {
+        let reference = machine_ref(&machine, &scheme, first_storage(&status));
+        set_power(&ctx, &namespace, &scheme, reference, false).await?;
         status.power_state = Some(PowerState::Off);
         urgent = true;
     }
@@ -918,6 +936,48 @@ fn significant(old: &ProvVmStatus, new: &ProvVmStatus) -> bool {
         copy
     };
     quiet(old) != quiet(new)
+}
+
+/// Starts or stops the machine on its hypervisor (KubeVirt: the VirtualMachine's
+/// `runStrategy`); without its hosting unit or connection there is nothing to tell.
+/// The machine's reference on `storage`.
+fn machine_ref(machine: &ProvVm, scheme: &ProvScheme, storage: String) -> MachineRef {
+    MachineRef {
+        storage,
+        scheme: scheme.name_any(),
+        machine_name: machine.spec.machine_name.clone(),
+    }
+}
+
+/// The storage of the machine's first disk (empty when it has none yet).
+fn first_storage(status: &ProvVmStatus) -> String {
+    status
+        .disks
+        .first()
+        .map(|d| d.storage.clone())
+        .unwrap_or_default()
+}
+
+async fn set_power(
+    ctx: &VmContext,
+    namespace: &str,
+    scheme: &ProvScheme,
+    reference: MachineRef,
+    running: bool,
+) -> Result<(), ControllerError> {
+    let unit = lookup(&ctx.caches.units, namespace, &scheme.spec.hosting_unit_ref);
+    let connection = unit
+        .as_ref()
+        .and_then(|u| lookup(&ctx.caches.connections, namespace, &u.spec.connection_ref));
+    if let (Some(unit), Some(connection)) = (unit, connection) {
+        let backend = ctx.base.backends.for_hosting_unit(&unit, &connection)?;
+        let request = PowerRequest {
+            machine: reference,
+            running,
+        };
+        tasks::run_once(backend.as_ref(), Operation::SetPower(request)).await?;
+    }
+    Ok(())
 }
 
 async fn spawn(ctx: &VmContext, key: &str, task: &TaskStatus, build: Build) {

@@ -102,6 +102,9 @@ pub enum Operation {
     ResetMachine(MachineRef),
     /// Rebuilds a machine from a new prepared image and/or configuration.
     UpdateMachine(MachineRequest),
+    /// Starts or stops a machine (KubeVirt: its `runStrategy`). The `Local` backend runs no
+    /// machines: it only checks that the machine exists.
+    SetPower(PowerRequest),
     /// Deletes a machine, honouring the deletion policy.
     DeleteMachine(DeleteMachineRequest),
     /// Deletes a prepared image from its storages, honouring the deletion policy.
@@ -118,6 +121,7 @@ impl Operation {
             Self::CreateMachine(_) => "CreateMachine",
             Self::ResetMachine(_) => "ResetMachine",
             Self::UpdateMachine(_) => "UpdateMachine",
+            Self::SetPower(_) => "SetPower",
             Self::DeleteMachine(_) => "DeleteMachine",
             Self::DeletePreparedImage(_) => "DeletePreparedImage",
         }
@@ -139,7 +143,7 @@ pub enum Output {
     Measurement(Measurement),
     /// Of [`Operation::Prepare`].
     Prepared(PreparedImage),
-    /// Of the machine operations (create, reset, update).
+    /// Of the machine operations (create, reset, update, power).
     Machine(MachineInfo),
     /// Of the delete operations.
     Deleted(DeleteOutcome),
@@ -365,6 +369,15 @@ pub struct MachineInfo {
     pub definition: PathBuf,
     /// The prepared image the overlay is backed by.
     pub prepared_image: PathBuf,
+}
+
+/// Start or stop one machine.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PowerRequest {
+    /// The machine.
+    pub machine: MachineRef,
+    /// Whether it should run.
+    pub running: bool,
 }
 
 /// What happens to disks when their owner is deleted.

@@ -49,8 +49,9 @@ pub enum BackendError {
         /// qemu-img's message (lock holder, corruption count).
         detail: String,
     },
-    /// The master path does not name a snapshot of a qcow2 image.
-    #[error("{path} is not a snapshot of a qcow2 master image: {detail}")]
+    /// The master path does not name a snapshot of a master image (a qcow2 file for Local, a
+    /// VirtualMachine for KubeVirt).
+    #[error("{path} is not a snapshot of a master image: {detail}")]
     MasterImageNotASnapshot {
         /// The inventory path or file as given.
         path: String,

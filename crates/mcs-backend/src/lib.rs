@@ -64,8 +64,8 @@ pub use api::{
     Backend, BoxFuture, DeleteMachineRequest, DeleteOutcome, DeletePreparedRequest, DeletionPolicy,
     Inventory, InventoryRequest, MachineInfo, MachineProfileInfo, MachineRef, MachineRequest,
     MasterImageInfo, MasterRef, MeasureRequest, Measurement, Nic, Operation, OperationId,
-    OperationStatus, Output, PrepareRequest, PreparedCopy, PreparedImage, ServiceOffering,
-    ServiceOfferingInfo, StorageInfo, WriteBackCache, run, wait,
+    OperationStatus, Output, PowerRequest, PrepareRequest, PreparedCopy, PreparedImage,
+    ServiceOffering, ServiceOfferingInfo, StorageInfo, WriteBackCache, run, wait,
 };
 pub use error::BackendError;
 pub use local::{LocalBackend, LocalConfig, StorageRootConfig};

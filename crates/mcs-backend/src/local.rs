@@ -328,6 +328,7 @@ impl Inner {
             Operation::CreateMachine(r) => self.put_machine(r, false, p).await.map(Output::Machine),
             Operation::UpdateMachine(r) => self.put_machine(r, true, p).await.map(Output::Machine),
             Operation::ResetMachine(m) => self.reset_machine(m, p).await.map(Output::Machine),
+            Operation::SetPower(r) => self.existing_machine(&r.machine).map(Output::Machine),
             Operation::DeleteMachine(r) => self.delete_machine(r, p).await.map(Output::Deleted),
             Operation::DeletePreparedImage(r) => {
                 self.delete_prepared(r, p).await.map(Output::Deleted)
@@ -1001,20 +1002,36 @@ impl Inner {
         Ok(Self::machine_info(&dir, &def))
     }
 
-    async fn reset_machine(
+    /// A machine's directory and definition; `MachineNotFound` without them.
+    fn machine_definition(
         &self,
-        m: MachineRef,
-        p: &Progress,
-    ) -> Result<MachineInfo, BackendError> {
-        p.phase(TaskState::LocatingResources, "locating machine");
+        m: &MachineRef,
+    ) -> Result<(PathBuf, MachineDefinition), BackendError> {
         let missing = || BackendError::MachineNotFound {
             path: PathBuf::from(&m.storage)
                 .join(MACHINES_DIR)
                 .join(&m.scheme)
                 .join(&m.machine_name),
         };
-        let (_, dir) = self.machine_dir(&m, false)?.ok_or_else(missing)?;
+        let (_, dir) = self.machine_dir(m, false)?.ok_or_else(missing)?;
         let def = read_json::<MachineDefinition>(&dir.join(DEFINITION_FILE)).ok_or_else(missing)?;
+        Ok((dir, def))
+    }
+
+    /// The files of an existing machine (a power change: `Local` runs no machines, so there is
+    /// nothing to start or stop).
+    fn existing_machine(&self, m: &MachineRef) -> Result<MachineInfo, BackendError> {
+        let (dir, def) = self.machine_definition(m)?;
+        Ok(Self::machine_info(&dir, &def))
+    }
+
+    async fn reset_machine(
+        &self,
+        m: MachineRef,
+        p: &Progress,
+    ) -> Result<MachineInfo, BackendError> {
+        p.phase(TaskState::LocatingResources, "locating machine");
+        let (dir, def) = self.machine_definition(&m)?;
         let prepared = self.usable_prepared(&def.prepared_image)?;
         remove_stale_partials(&dir.join(DISK_FILE))?;
         remove_stale_partials(&dir.join(CACHE_FILE))?;

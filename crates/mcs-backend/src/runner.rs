@@ -12,7 +12,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use mcs_domain::task::TaskState;
 use tokio::task::JoinHandle;
 
-use crate::api::{Operation, OperationId, OperationStatus, Output};
+use crate::api::{Operation, OperationId, OperationStatus, Output, PowerRequest};
 use crate::error::BackendError;
 
 type Shared = Arc<Mutex<OperationStatus>>;
@@ -69,7 +69,9 @@ pub fn target_key(op: &Operation) -> Option<String> {
         Operation::CreateMachine(r) | Operation::UpdateMachine(r) => {
             machine(&r.storage, &r.scheme, &r.machine_name)
         }
-        Operation::ResetMachine(m) => machine(&m.storage, &m.scheme, &m.machine_name),
+        Operation::ResetMachine(m) | Operation::SetPower(PowerRequest { machine: m, .. }) => {
+            machine(&m.storage, &m.scheme, &m.machine_name)
+        }
         Operation::DeleteMachine(d) => machine(
             &d.machine.storage,
             &d.machine.scheme,

@@ -16,8 +16,8 @@ use mcs_backend::{
     Backend, BackendError, BoxFuture, DeleteMachineRequest, DeleteOutcome, DeletePreparedRequest,
     DeletionPolicy, Inventory, InventoryRequest, MachineInfo, MachineRef, MachineRequest,
     MasterImageInfo, MasterRef, MeasureRequest, Measurement, Operation, OperationId,
-    OperationStatus, Output, PrepareRequest, PreparedCopy, PreparedImage, ServiceOfferingInfo,
-    StorageInfo,
+    OperationStatus, Output, PowerRequest, PrepareRequest, PreparedCopy, PreparedImage,
+    ServiceOfferingInfo, StorageInfo,
 };
 use mcs_domain::inventory_path::InventoryPath;
 use mcs_domain::task::TaskState;
@@ -283,16 +283,22 @@ impl Inner {
         }
     }
 
-    /// Deletes DataVolume `name` and its PVC and waits until both are gone.
+    /// Deletes DataVolume `name` and its PVC and waits until both are gone (a DataVolume
+    /// KubeVirt creates again from a VirtualMachine's template is a new object, not waited for).
     async fn delete_disk(&self, name: &str) -> Result<bool, BackendError> {
-        let dv = self.delete(&objects::data_volumes(), name).await?;
-        let pvc = self.delete(&pvc_resource(), name).await?;
+        let mut existed = false;
         for ar in [objects::data_volumes(), pvc_resource()] {
-            while self.get(&ar, name).await?.is_some() {
+            let uid = |o: &Option<Value>| o.as_ref().map(|o| o["metadata"]["uid"].clone());
+            let old = uid(&self.get(&ar, name).await?);
+            if old.is_none() {
+                continue;
+            }
+            existed |= self.delete(&ar, name).await?;
+            while uid(&self.get(&ar, name).await?) == old {
                 tokio::time::sleep(self.config.poll_interval).await;
             }
         }
-        Ok(dv || pvc)
+        Ok(existed)
     }
 
     fn storage(&self, name: &str) -> Result<&StorageClassConfig, BackendError> {
@@ -332,6 +338,7 @@ impl Inner {
             Operation::CreateMachine(r) => self.put_machine(r, false, p).await.map(Output::Machine),
             Operation::UpdateMachine(r) => self.put_machine(r, true, p).await.map(Output::Machine),
             Operation::ResetMachine(m) => self.reset_machine(m, p).await.map(Output::Machine),
+            Operation::SetPower(r) => self.set_power(r, p).await.map(Output::Machine),
             Operation::DeleteMachine(r) => self.delete_machine(r, p).await.map(Output::Deleted),
             Operation::DeletePreparedImage(r) => {
                 self.delete_prepared(r, p).await.map(Output::Deleted)
@@ -858,6 +865,32 @@ impl Inner {
         );
         self.delete_disk(&disk).await?;
         self.wait_machine_disk(&disk, &info, p).await?;
+        Ok(info)
+    }
+
+    /// `runStrategy: Always` or `Halted` on the machine's VirtualMachine.
+    async fn set_power(&self, r: PowerRequest, p: &Progress) -> Result<MachineInfo, BackendError> {
+        p.phase(TaskState::LocatingResources, "locating VirtualMachine");
+        let m = &r.machine;
+        let vm = objects::machine_name(&m.scheme, &m.machine_name);
+        let info = self.machine_info(&m.storage, &m.scheme, &vm, false);
+        if self.get(&objects::virtual_machines(), &vm).await?.is_none() {
+            return Err(BackendError::MachineNotFound { path: info.dir });
+        }
+        let strategy = objects::run_strategy(r.running);
+        p.phase(
+            TaskState::Processing,
+            format!("runStrategy {strategy} on VirtualMachine {vm}"),
+        );
+        self.dynamic(&objects::virtual_machines())
+            .await?
+            .patch(
+                &vm,
+                &PatchParams::default().validation_strict(),
+                &Patch::Merge(json!({"spec": {"runStrategy": strategy}})),
+            )
+            .await
+            .map_err(|e| api_error(&format!("VirtualMachine {}/{vm}", self.ns()), &e))?;
         Ok(info)
     }
 
