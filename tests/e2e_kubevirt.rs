@@ -278,6 +278,18 @@ async fn prepared(h: &Harness, name: &str, version: &str, source: &str, policy: 
     .expect("uid")
 }
 
+/// Sets ProvVM `name`'s `spec.powerState`.
+async fn power(h: &Harness, name: &str, state: &str) {
+    h.api::<ProvVm>()
+        .patch(
+            name,
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"powerState": state}})),
+        )
+        .await
+        .expect("powerState");
+}
+
 /// Object `name` of `ar` as JSON.
 async fn get(h: &Harness, ar: &ApiResource, name: &str) -> Value {
     let api: Api<DynamicObject> =
@@ -377,16 +389,7 @@ async fn kubevirt_examples_prepare_images_and_machines() {
         .spec
         .machine_name;
     let vm_name = objects::machine_name(SCHEME, &first);
-    let machines: Api<ProvVm> = h.api();
-    let power = |state: &str| json!({"spec": {"powerState": state}});
-    machines
-        .patch(
-            MACHINES[0],
-            &PatchParams::default(),
-            &Patch::Merge(power("Running")),
-        )
-        .await
-        .expect("start");
+    power(&h, MACHINES[0], "Running").await;
     h.wait::<ProvVm>(MACHINES[0], "rebuilt from version 2 and On", |vm| {
         vm.status.as_ref().is_some_and(|st| {
             st.provisioning_scheme_version == Some(2)
@@ -403,27 +406,13 @@ async fn kubevirt_examples_prepare_images_and_machines() {
     );
 
     // Stop, then start again: clean-on-boot clones the disk afresh.
-    machines
-        .patch(
-            MACHINES[0],
-            &PatchParams::default(),
-            &Patch::Merge(power("Stopped")),
-        )
-        .await
-        .expect("stop");
+    power(&h, MACHINES[0], "Stopped").await;
     let vm = wait_vm(&h, &vm_name, "Stopped").await;
     assert_eq!(vm["spec"]["runStrategy"], "Halted");
     let disk_uid = |dv: Value| dv["metadata"]["uid"].clone();
     let disk = objects::disk_name(&vm_name);
     let before = disk_uid(get(&h, &objects::data_volumes(), &disk).await);
-    machines
-        .patch(
-            MACHINES[0],
-            &PatchParams::default(),
-            &Patch::Merge(power("Running")),
-        )
-        .await
-        .expect("start again");
+    power(&h, MACHINES[0], "Running").await;
     wait_vm(&h, &vm_name, "Running").await;
     let after = disk_uid(get(&h, &objects::data_volumes(), &disk).await);
     assert_ne!(before, after, "clean-on-boot recreated {disk}");

@@ -603,6 +603,8 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
     let mut requeue: Option<Duration> = None;
     let mut conditions: Vec<DesiredCondition> = Vec::new();
     let mut urgent = false;
+    // A power change to make on the hypervisor (`Some(true)`: start).
+    let mut power: Option<bool> = None;
 
     let running = status.task.as_ref().filter(|t| !t.is_terminal()).cloned();
     if let Some(mut task) = running {
@@ -815,36 +817,23 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                     )
                     .await;
                 }
-                set_power(
-                    &ctx,
-                    &namespace,
-                    &scheme,
-                    machine_ref(&machine, &scheme, first_storage(&status)),
-                    true,
-                )
-                .await?;
-                status.power_state = Some(PowerState::On);
-                urgent = true;
+                power = Some(true);
             }
-            StartAction::PowerOn => {
-                set_power(
-                    &ctx,
-                    &namespace,
-                    &scheme,
-                    machine_ref(&machine, &scheme, first_storage(&status)),
-                    true,
-                )
-                .await?;
-                status.power_state = Some(PowerState::On);
-                urgent = true;
-            }
+            StartAction::PowerOn => power = Some(true),
         }
     } else if machine.spec.power_state == DesiredPowerState::Stopped
         && status.power_state == Some(PowerState::On)
     {
+        power = Some(false);
+    }
+    if let Some(running) = power {
         let reference = machine_ref(&machine, &scheme, first_storage(&status));
-        set_power(&ctx, &namespace, &scheme, reference, false).await?;
-        status.power_state = Some(PowerState::Off);
+        set_power(&ctx, &namespace, &scheme, reference, running).await?;
+        status.power_state = Some(if running {
+            PowerState::On
+        } else {
+            PowerState::Off
+        });
         urgent = true;
     }
 

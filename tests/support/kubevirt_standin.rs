@@ -109,15 +109,20 @@ impl World {
             .collect())
     }
 
+    /// Merges `status` into object `name`'s status (an object deleted meanwhile is skipped).
     async fn status(&self, ar: &ApiResource, name: &str, status: Value) -> Result<(), kube::Error> {
-        self.api(ar)
+        match self
+            .api(ar)
             .patch_status(
                 name,
                 &PatchParams::default(),
                 &Patch::Merge(json!({ "status": status })),
             )
             .await
-            .map(|_| ())
+        {
+            Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+            other => other.map(|_| ()),
+        }
     }
 
     async fn round(&self) -> Result<(), kube::Error> {
