@@ -467,7 +467,29 @@ async fn kubevirt_failures_cancel_and_retain() {
         "spec": {"source": {"persistentVolumeClaimName": "scratch"}}}),
     )
     .await;
+    // VirtualMachineSnapshots: one the stand-in completes, one whose guest freeze failed.
+    for (name, labels) in [
+        ("golden", json!({})),
+        ("frozen", json!({kubevirt_standin::BROKEN: "yes"})),
+    ] {
+        apply(
+            &h,
+            &objects::vm_snapshots(),
+            json!({"apiVersion": "snapshot.kubevirt.io/v1beta1",
+            "kind": "VirtualMachineSnapshot", "metadata": {"name": name, "labels": labels},
+            "spec": {"source": {"apiGroup": "kubevirt.io", "kind": "VirtualMachine",
+                                "name": "win11"}}}),
+        )
+        .await;
+    }
+    let deadline = std::time::Instant::now() + h.timeout;
+    while get(&h, &objects::vm_snapshots(), "golden").await["status"]["readyToUse"] != json!(true) {
+        assert!(std::time::Instant::now() < deadline, "golden never ready");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     for (v, path) in [
+        ("vmsnap", master_path("win11", "golden")),
+        ("vmfrozen", master_path("win11", "frozen")),
         ("nosnap", master_path("win11", "nosuch")),
         ("notready", master_path("win11", "broken")),
         ("notasnap", master_path("win11", "other")),
@@ -484,11 +506,13 @@ async fn kubevirt_failures_cancel_and_retain() {
     let held = objects::prepared_name(&cancel_uid, "primary");
     standin.hold_clone(&held);
     let retain_uid = prepared(&h, "p-retain", "retain", "m-retain", "Retain").await;
-    for v in ["nosnap", "notready", "notasnap"] {
+    for v in ["vmsnap", "vmfrozen", "nosnap", "notready", "notasnap"] {
         prepared(&h, &format!("p-{v}"), v, &format!("m-{v}"), "Delete").await;
     }
 
     for (name, expected) in [
+        ("p-vmsnap", TaskState::Finished),
+        ("p-vmfrozen", TaskState::InvalidSnapshotState),
         ("p-nosnap", TaskState::SnapshotNotFound),
         ("p-notready", TaskState::InvalidSnapshotState),
         ("p-notasnap", TaskState::MasterImageNotASnapshot),

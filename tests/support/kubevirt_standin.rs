@@ -11,6 +11,9 @@
 //!   it) -> `CloneInProgress` with `status.progress` rising by `percent_per_step` -> `Succeeded`;
 //!   a clone told to fail ([`StandIn::fail_clone`]) ends `Failed` with a condition message, one
 //!   told to hold ([`StandIn::hold_clone`]) stays in progress;
+//! - KubeVirt snapshots: a VirtualMachineSnapshot gets a VolumeSnapshot of the VM's first PVC
+//!   and a VirtualMachineSnapshotContent naming it, and becomes `readyToUse` (phase `Succeeded`)
+//!   once that VolumeSnapshot is ready; labelled `standin.mcs.imaging.dev/broken` it fails;
 //! - CSI snapshotter, not ready: a VolumeSnapshot labelled `standin.mcs.imaging.dev/broken`
 //!   gets `readyToUse: false` and an error message instead;
 //! - pvc-protection: a deleted PVC's `kubernetes.io/pvc-protection` finalizer is removed.
@@ -176,11 +179,125 @@ impl World {
         }
         let dvs = self.list(&objects::data_volumes()).await?;
         let snapshots = self.list(&objects::volume_snapshots()).await?;
+        for vms in self.list(&objects::vm_snapshots()).await? {
+            self.play_vm_snapshot(&vms, &snapshots, &claim_size).await?;
+        }
         for vm in self.list(&objects::virtual_machines()).await? {
             self.play_vm(&vm, &dvs).await?;
         }
         for dv in &dvs {
             self.play_dv(dv, &snapshots, &claim_size).await?;
+        }
+        Ok(())
+    }
+
+    async fn create(&self, ar: &ApiResource, object: Value) -> Result<(), kube::Error> {
+        match self
+            .api(ar)
+            .create(
+                &PostParams::default(),
+                &serde_json::from_value(object).expect("object"),
+            )
+            .await
+        {
+            Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+            other => other.map(|_| ()),
+        }
+    }
+
+    async fn play_vm_snapshot(
+        &self,
+        vms: &Value,
+        snapshots: &[Value],
+        claim_size: &impl Fn(&str) -> Option<String>,
+    ) -> Result<(), kube::Error> {
+        let name = vms["metadata"]["name"].as_str().unwrap_or_default();
+        if vms["status"]["readyToUse"] == json!(true) || vms["status"]["phase"] == "Failed" {
+            return Ok(());
+        }
+        if vms["metadata"]["labels"][BROKEN].is_string() {
+            return self
+                .status(
+                    &objects::vm_snapshots(),
+                    name,
+                    json!({"readyToUse": false,
+                    "phase": "Failed",
+                    "error": {"message": "stand-in: freezing the guest failed",
+                              "time": "2026-11-26T00:00:00Z"}}),
+                )
+                .await;
+        }
+        let vm_name = vms["spec"]["source"]["name"].as_str().unwrap_or_default();
+        let Some(vm) = self
+            .api(&objects::virtual_machines())
+            .get_opt(vm_name)
+            .await?
+            .map(value)
+        else {
+            return Ok(());
+        };
+        let volume = vm["spec"]["template"]["spec"]["volumes"]
+            .as_array()
+            .and_then(|v| {
+                v.iter()
+                    .find(|v| v["persistentVolumeClaim"]["claimName"].is_string())
+            })
+            .cloned()
+            .unwrap_or_default();
+        let claim = volume["persistentVolumeClaim"]["claimName"]
+            .as_str()
+            .unwrap_or_default();
+        let Some(size) = claim_size(claim) else {
+            return Ok(());
+        };
+        let vs_name = format!("{name}-{claim}");
+        let content = format!("{name}-content");
+        self.create(
+            &objects::volume_snapshots(),
+            json!({
+            "apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshot",
+            "metadata": {"name": vs_name, "ownerReferences": [owner(vms)]},
+            "spec": {"source": {"persistentVolumeClaimName": claim}}}),
+        )
+        .await?;
+        self.create(
+            &objects::vm_snapshot_contents(),
+            json!({
+            "apiVersion": "snapshot.kubevirt.io/v1beta1",
+            "kind": "VirtualMachineSnapshotContent",
+            "metadata": {"name": content, "ownerReferences": [owner(vms)]},
+            "spec": {
+                "source": {"virtualMachine": {"metadata": {"name": vm_name}, "spec": vm["spec"]}},
+                "virtualMachineSnapshotName": name,
+                "volumeBackups": [{
+                    "volumeName": volume["name"],
+                    "persistentVolumeClaim": {"metadata": {"name": claim},
+                        "spec": {"accessModes": ["ReadWriteOnce"],
+                                 "resources": {"requests": {"storage": size}}}},
+                    "volumeSnapshotName": vs_name,
+                }],
+            }}),
+        )
+        .await?;
+        let ready = snapshots
+            .iter()
+            .any(|v| v["metadata"]["name"] == vs_name && v["status"]["readyToUse"] == json!(true));
+        if ready {
+            self.status(
+                &objects::vm_snapshot_contents(),
+                &content,
+                json!({"readyToUse": true,
+                "volumeSnapshotStatus": [{"volumeSnapshotName": vs_name, "readyToUse": true}]}),
+            )
+            .await?;
+            self.status(
+                &objects::vm_snapshots(),
+                name,
+                json!({"readyToUse": true,
+                "phase": "Succeeded", "virtualMachineSnapshotContentName": content,
+                "sourceUID": vm["metadata"]["uid"]}),
+            )
+            .await?;
         }
         Ok(())
     }
