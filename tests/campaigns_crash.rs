@@ -58,11 +58,11 @@ fn settings() -> Settings {
 /// How long one step of a life may take (kills make it slower).
 const STEP_TIMEOUT: Duration = Duration::from_secs(180);
 
-async fn run_life(name: String, kills: Option<(u64, u32, Duration)>) -> (Life, u32, usize) {
+async fn run_life(name: String, kills: Option<(u64, u32, Vec<Duration>)>) -> (Life, u32, usize) {
     let mut h = Harness::new(&name, "16M", 0).await;
     h.start_operator();
     let mut schedule = match kills {
-        Some((seed, count, horizon)) => Kills::seeded(seed, count, horizon),
+        Some((seed, count, steps)) => Kills::seeded(seed, count, &steps),
         None => Kills::none(),
     };
     let life = life(&mut h, &mut schedule, Sizes::FULL, STEP_TIMEOUT).await;
@@ -98,8 +98,14 @@ async fn crash_anywhere_ends_as_an_uninterrupted_run() {
     let started = Instant::now();
     let (reference, _, reference_lines) = run_life("crash-reference".into(), None).await;
     eprintln!(
-        "crash campaign: reference life {:.1} s, {} milestones, {} machine names, {} log lines",
+        "crash campaign: reference life {:.1} s (steps {}), {} milestones, {} machine names, {} log lines",
         reference.took.as_secs_f64(),
+        reference
+            .steps
+            .iter()
+            .map(|d| format!("{:.1}", d.as_secs_f64()))
+            .collect::<Vec<_>>()
+            .join(" + "),
         reference.snapshots.len(),
         reference.names.len(),
         reference_lines
@@ -109,19 +115,19 @@ async fn crash_anywhere_ends_as_an_uninterrupted_run() {
         reference.snapshots.iter().all(|s| !s.objects.is_empty()),
         "empty snapshot"
     );
-    let horizon = reference.took;
+    let steps = reference.steps.clone();
     let mut converged = 0;
     let mut kills = 0;
     let mut lines = 0;
     let mut failures = Vec::new();
     // A pool of `parallel` seeds at a time, each in its own namespace with its own operator.
     let count = settings.kills;
-    let mut results = futures::stream::iter(settings.seeds.iter().map(|&seed| async move {
+    let mut results = futures::stream::iter(settings.seeds.iter().map(|&seed| {
         let handle = tokio::spawn(run_life(
             format!("crash-{seed}"),
-            Some((seed, count, horizon)),
+            Some((seed, count, steps.clone())),
         ));
-        (seed, handle.await)
+        async move { (seed, handle.await) }
     }))
     .buffer_unordered(settings.parallel);
     while let Some((seed, result)) = results.next().await {

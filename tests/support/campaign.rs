@@ -67,11 +67,14 @@ impl Rng {
     }
 }
 
-/// When the operator is killed (SIGKILL, its whole process group) and started again.
+/// When the operator is killed (SIGKILL, its whole process group) and started again: at
+/// seeded moments inside seeded steps of the life, so that every step (not just the first,
+/// when a loaded machine makes the life slower than the reference) gets its share.
 pub struct Kills {
-    /// Offsets from the start of the life, ascending.
-    pub at: Vec<Duration>,
-    start: Instant,
+    /// `(step, offset from the step's start)`, in the order they fire.
+    pub at: Vec<(usize, Duration)>,
+    step: usize,
+    step_start: Instant,
     /// Kills done so far.
     pub done: u32,
 }
@@ -81,36 +84,46 @@ impl Kills {
     pub fn none() -> Self {
         Self {
             at: Vec::new(),
-            start: Instant::now(),
+            step: 0,
+            step_start: Instant::now(),
             done: 0,
         }
     }
 
-    /// `count` kills at moments drawn from `seed`, spread over `horizon` (the length of an
-    /// uninterrupted life).
-    pub fn seeded(seed: u64, count: u32, horizon: Duration) -> Self {
+    /// `count` kills drawn from `seed`: each in a step picked at random, at a moment picked
+    /// at random within that step's length in the reference (`steps`).
+    pub fn seeded(seed: u64, count: u32, steps: &[Duration]) -> Self {
         let mut rng = Rng::new(seed);
-        let mut at: Vec<Duration> = (0..count).map(|_| rng.below(horizon)).collect();
+        let mut at: Vec<(usize, Duration)> = (0..count)
+            .map(|_| {
+                let step = (rng.next_u64() % steps.len().max(1) as u64) as usize;
+                let length = steps.get(step).copied().unwrap_or(Duration::from_secs(1));
+                (step, rng.below(length))
+            })
+            .collect();
         at.sort();
         Self {
             at,
-            start: Instant::now(),
+            step: 0,
+            step_start: Instant::now(),
             done: 0,
         }
     }
 
-    /// Starts the clock (the life begins now).
-    pub fn start(&mut self) {
-        self.start = Instant::now();
+    /// Step `step` of the life begins now.
+    pub fn enter(&mut self, step: usize) {
+        self.step = step;
+        self.step_start = Instant::now();
     }
 
-    /// Kills and restarts the operator if a kill moment has passed.
+    /// Kills and restarts the operator if a kill moment has passed (a kill of a step that
+    /// ended sooner than in the reference fires at once).
     pub fn tick(&mut self, h: &mut Harness) {
-        let elapsed = self.start.elapsed();
+        let elapsed = self.step_start.elapsed();
         while self
             .at
             .get(self.done as usize)
-            .is_some_and(|at| *at <= elapsed)
+            .is_some_and(|(step, at)| *step < self.step || (*step == self.step && *at <= elapsed))
         {
             h.kill_operator();
             h.start_operator();
@@ -432,6 +445,8 @@ pub struct Life {
     pub names: BTreeSet<String>,
     /// How long it took.
     pub took: Duration,
+    /// How long each step took (from its start to its milestone).
+    pub steps: Vec<Duration>,
 }
 
 fn machine_name(n: i32) -> String {
@@ -441,7 +456,9 @@ fn machine_name(n: i32) -> String {
 /// Drives the whole life (see the module's doc) with `kills`, snapshotting at each milestone.
 pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Duration) -> Life {
     let started = Instant::now();
-    kills.start();
+    kills.enter(0);
+    let mut step_started = Instant::now();
+    let mut steps = Vec::new();
     let mut snapshots = Vec::new();
     let mut names = BTreeSet::new();
     let objects: Vec<Value> = h
@@ -478,6 +495,9 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
     )
     .await;
     snapshots.push(milestone(h, "created", &mut names).await);
+    steps.push(step_started.elapsed());
+    step_started = Instant::now();
+    kills.enter(snapshots.len());
 
     // 2. A configuration change: version 2, every machine PendingUpdate.
     World::of(h).patch_scheme(json!({"vmCpuCount": 4})).await;
@@ -490,6 +510,9 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
     )
     .await;
     snapshots.push(milestone(h, "changed", &mut names).await);
+    steps.push(step_started.elapsed());
+    step_started = Instant::now();
+    kills.enter(snapshots.len());
 
     // 3. The update window opens; the first machines start inside it and are rebuilt.
     let open_since = jiff::Timestamp::now()
@@ -547,6 +570,9 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
     )
     .await;
     snapshots.push(milestone(h, "started", &mut names).await);
+    steps.push(step_started.elapsed());
+    step_started = Instant::now();
+    kills.enter(snapshots.len());
 
     // 4. Scale up, then down.
     World::of(h)
@@ -558,6 +584,9 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
     })
     .await;
     snapshots.push(milestone(h, "scaled-up", &mut names).await);
+    steps.push(step_started.elapsed());
+    step_started = Instant::now();
+    kills.enter(snapshots.len());
     World::of(h)
         .patch_scheme(json!({"machineCount": sizes.down}))
         .await;
@@ -575,6 +604,9 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
     })
     .await;
     snapshots.push(milestone(h, "scaled-down", &mut names).await);
+    steps.push(step_started.elapsed());
+    step_started = Instant::now();
+    kills.enter(snapshots.len());
 
     // 5. Deleting the prepared spec while the scheme uses it waits.
     World::of(h)
@@ -608,6 +640,9 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
     )
     .await;
     snapshots.push(milestone(h, "delete-blocked", &mut names).await);
+    steps.push(step_started.elapsed());
+    step_started = Instant::now();
+    kills.enter(snapshots.len());
 
     // 6. Deleting the scheme removes its machines and versions, then the spec goes too.
     World::of(h)
@@ -641,10 +676,12 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
     // Let the last writes land before the final look.
     pause(h, kills, Duration::from_secs(1)).await;
     snapshots.push(milestone(h, "end", &mut names).await);
+    steps.push(step_started.elapsed());
     Life {
         snapshots,
         names,
         took: started.elapsed(),
+        steps,
     }
 }
 
