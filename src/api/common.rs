@@ -70,13 +70,17 @@ pub(crate) fn named_list_schema<T: JsonSchema>(
 /// The most NICs a network mapping may name.
 pub const MAX_NICS: u64 = 16;
 
-/// The schema of a network mapping: at most [`MAX_NICS`] entries, each an inventory path of at
-/// most 4096 characters. The bounds keep the CEL rules on it cheap for the API server.
+/// The schema of a network mapping: at most [`MAX_NICS`] entries keyed by NIC index, each an
+/// inventory path of at most 4096 characters. The bounds keep the CEL rules on it cheap for the API server.
 pub(crate) fn network_mapping_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     schemars::json_schema!({
         "type": "object",
         "maxProperties": MAX_NICS,
         "additionalProperties": { "type": "string", "maxLength": 4096 },
+        "x-kubernetes-validations": [{
+            "rule": "self.all(k, k.matches('^([0-9]|1[0-5])$'))",
+            "message": "networkMapping keys must be NIC indexes from \"0\" to \"15\"",
+        }],
     })
 }
 

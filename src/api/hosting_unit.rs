@@ -108,6 +108,7 @@ pub struct HostingUnitNetwork {
     pub name: String,
     /// Backend-specific identifier (a bridge for Local, a NetworkAttachmentDefinition for KubeVirt).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 512))]
     pub backing: Option<String>,
 }
 

@@ -50,7 +50,12 @@ pub struct IdentityPoolSpec {
     pub identity_type: IdentityType,
     /// The directory domain (required for ActiveDirectory).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 253))]
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(
+            pattern = r"^[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([-A-Za-z0-9]{0,61}[A-Za-z0-9])?)*$"
+        )
+    )]
     pub domain: Option<String>,
     /// The organizational unit machine accounts are created in.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -124,7 +124,12 @@ pub fn local_config(
             .find(|r| r.name == storage.root)
             .ok_or_else(|| BackendError::StorageNotFound {
                 storage: storage.name.clone(),
-                path: PathBuf::new(),
+                path: PathBuf::from(format!(
+                    "spec.storages[{}].root: connection '{}' has no storage root '{}'",
+                    storage.name,
+                    connection.name_any(),
+                    storage.root
+                )),
             })?;
         storages.push(StorageRootConfig {
             name: storage.name.clone(),
@@ -252,22 +257,41 @@ pub fn storage_roots(
     })
 }
 
-/// `root` joined with a relative `sub` path that may not be absolute nor contain `..`.
+/// `root` joined with a relative `sub` path that may not be absolute nor contain `..`, and
+/// that, when it exists, must resolve under the root: a storage path that is (or passes
+/// through) a symlink out of the root would let the backend write outside every storage root.
 fn join_confined(root: &Path, sub: Option<&str>) -> Result<PathBuf, BackendError> {
     let Some(sub) = sub.filter(|s| !s.is_empty()) else {
         return Ok(root.to_path_buf());
     };
     let relative = Path::new(sub);
-    if relative
+    if !relative
         .components()
         .all(|c| matches!(c, Component::Normal(_)))
     {
-        Ok(root.join(relative))
-    } else {
-        Err(BackendError::PathOutsideStorage {
+        return Err(BackendError::PathOutsideStorage {
             path: relative.to_path_buf(),
-        })
+        });
     }
+    let joined = root.join(relative);
+    // The deepest part of the path that exists must resolve under the root (what does not
+    // exist yet would be created through it).
+    let mut probe = joined.as_path();
+    let real = loop {
+        match std::fs::canonicalize(probe) {
+            Ok(real) => break Some(real),
+            Err(_) => match probe.parent() {
+                Some(parent) if parent.starts_with(root) => probe = parent,
+                _ => break None,
+            },
+        }
+    };
+    if let (Ok(real_root), Some(real)) = (std::fs::canonicalize(root), real)
+        && !real.starts_with(&real_root)
+    {
+        return Err(BackendError::PathOutsideStorage { path: joined });
+    }
+    Ok(joined)
 }
 
 #[cfg(test)]
@@ -288,5 +312,32 @@ mod tests {
                 "{bad} must be refused"
             );
         }
+    }
+
+    #[test]
+    fn a_storage_path_through_a_symlink_out_of_the_root_is_refused() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let root = dir.path().join("root");
+        let outside = dir.path().join("outside");
+        std::fs::create_dir_all(root.join("inside")).expect("root");
+        std::fs::create_dir_all(&outside).expect("outside");
+        std::os::unix::fs::symlink(&outside, root.join("escape")).expect("link");
+        std::os::unix::fs::symlink(root.join("inside"), root.join("alias")).expect("link");
+        for bad in ["escape", "escape/sub"] {
+            let error = join_confined(&root, Some(bad)).expect_err(bad);
+            assert_eq!(
+                mcs_domain::Reason::reason(&error),
+                "PathOutsideStorage",
+                "{bad}"
+            );
+        }
+        assert_eq!(
+            join_confined(&root, Some("alias")).expect("a link inside the root"),
+            root.join("alias")
+        );
+        assert_eq!(
+            join_confined(&root, Some("not/yet")).expect("missing is fine"),
+            root.join("not/yet")
+        );
     }
 }

@@ -87,11 +87,20 @@ async fn reconcile(
         Ok(decision) => {
             let exhausted = decision.next_index >= decision.capacity;
             let ready = if exhausted {
+                let start = u64::try_from(pool.spec.start_count).unwrap_or_default();
+                let cause = if start >= decision.capacity {
+                    format!(
+                        "; spec.startCount {start} is past the last of them (at most {})",
+                        decision.capacity.saturating_sub(1)
+                    )
+                } else {
+                    String::new()
+                };
                 DesiredCondition::false_(
                     condition_type::READY,
                     "IdentityPoolExhausted",
                     format!(
-                        "spec.namingScheme {} holds {} identities and all are used",
+                        "spec.namingScheme {} holds {} identities and all are used{cause}",
                         pool.spec.naming_scheme, decision.capacity
                     ),
                 )
@@ -130,6 +139,26 @@ async fn reconcile(
     };
     let api = context.api::<IdentityPool>(&namespace);
     apply_status(&api, &pool, &field_manager(CONTROLLER), &status).await?;
+    let ready_of = |s: &IdentityPoolStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .map(|c| (c.reason.clone(), c.message.clone()))
+    };
+    if let Some((reason, message)) = ready_of(&status)
+        && reason == "IdentityPoolExhausted"
+        && ready_of(&current).is_none_or(|(_, was)| was != message)
+    {
+        publish(
+            &context,
+            pool.as_ref(),
+            EventType::Warning,
+            &reason,
+            "Validate",
+            message,
+        )
+        .await;
+    }
     if let Some(error) = problem {
         let note = format!("spec.namingScheme: {error}");
         publish(

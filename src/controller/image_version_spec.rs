@@ -32,8 +32,8 @@ use mcs_backend::{
 };
 use mcs_domain::inventory_path::{InventoryPath, PathError};
 use mcs_domain::rules::{
-    HostingUnitFacts, ImageDefinitionFacts, PreparedSpecFacts, check_master_hosting_unit,
-    check_prepared_spec_unique, field,
+    HostingUnitFacts, ImageDefinitionFacts, PreparedSpecFacts, RuleError, check_machine_profile,
+    check_master_hosting_unit, check_network_mapping, check_prepared_spec_unique, field,
 };
 use mcs_domain::task::{TaskState, TaskStatus, TaskType};
 
@@ -816,6 +816,7 @@ async fn locate_prepare(
         let unit = unit
             .as_ref()
             .ok_or_else(|| SpecFailure::new(TaskState::HostingUnitNotFound, ""))?;
+        check_prepared_networks(prepared, unit)?;
         let backend = backend_for(context, unit, connection.as_ref())?;
         let uid = spec.uid().ok_or_else(|| {
             SpecFailure::new(TaskState::UnexpectedError, "the spec has no metadata.uid")
@@ -833,6 +834,59 @@ async fn locate_prepare(
     Ok(plan)
 }
 
+/// Checks `spec.prepared.networkMapping` (NIC indexes as keys, each value a network path
+/// within the master's hosting unit naming one of its networks), then
+/// `spec.prepared.machineProfile` (an item within that hosting unit).
+fn check_prepared_networks(
+    prepared: &PreparedImageSpec,
+    unit: &HostingUnit,
+) -> Result<(), SpecFailure> {
+    let mut errors = check_network_mapping(
+        field::PREPARED_NETWORK_MAPPING,
+        &prepared.network_mapping,
+        &unit.name_any(),
+    );
+    if errors.is_empty() {
+        let networks: BTreeSet<&str> = unit.spec.networks.iter().map(|n| n.name.as_str()).collect();
+        for (nic, path) in &prepared.network_mapping {
+            if let Some(name) = super::prov_scheme::leaf_name(path)
+                && !networks.contains(name.as_str())
+            {
+                errors.push(RuleError::NetworkPathResolutionFailed {
+                    field: format!("{}[{nic:?}]", field::PREPARED_NETWORK_MAPPING),
+                    detail: format!(
+                        "network '{name}' is not a network of hosting unit '{}'",
+                        unit.name_any()
+                    ),
+                });
+            }
+        }
+    }
+    if errors.is_empty() {
+        if let Some(profile) = &prepared.machine_profile
+            && let Err(error) =
+                check_machine_profile(field::PREPARED_MACHINE_PROFILE, profile, &unit.name_any())
+        {
+            return Err(SpecFailure::with_reason(
+                TaskState::InvalidSnapshotConfiguration,
+                mcs_domain::Reason::reason(&error),
+                error.to_string(),
+            ));
+        }
+        return Ok(());
+    }
+    let message = errors
+        .iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ");
+    Err(SpecFailure::with_reason(
+        TaskState::InvalidSnapshotConfiguration,
+        "NetworkPathResolutionFailed",
+        message,
+    ))
+}
+
 /// Missing objects a new prepared spec waits for (they may simply not be applied yet) instead
 /// of failing its task.
 const WAIT_FOR_REASONS: [&str; 3] = [
@@ -840,6 +894,34 @@ const WAIT_FOR_REASONS: [&str; 3] = [
     "ImageDefinitionNotFound",
     "ImageVersionSpecNotFound",
 ];
+
+/// Publishes a Warning when a prepared spec starts waiting for a missing object (or for
+/// another one), so the missing reference shows in `kubectl get events` as well.
+async fn waiting_event(
+    context: &Context,
+    spec: &ImageVersionSpec,
+    before: &ImageVersionSpecStatus,
+    after: &ImageVersionSpecStatus,
+    failure: &SpecFailure,
+) {
+    let said = |s: &ImageVersionSpecStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .map(|c| c.message.clone())
+    };
+    if said(before) != said(after) {
+        publish(
+            context,
+            spec,
+            EventType::Warning,
+            &failure.reason,
+            "PrepareImage",
+            format!("waiting: {}", failure.message),
+        )
+        .await;
+    }
+}
 
 /// The conditions of a prepared spec that waits for an object it references.
 fn waiting_conditions(failure: &SpecFailure) -> Vec<DesiredCondition> {
@@ -952,7 +1034,15 @@ async fn reconcile_prepared(
                     waiting = Some(failure);
                 }
                 Err(failure) => {
-                    let _ = t.fail(failure.state, failure.message.clone(), now);
+                    // A state this task type cannot fail in would leave the task running
+                    // forever: fail it as UnexpectedError, naming the state.
+                    if t.fail(failure.state, failure.message.clone(), now).is_err() {
+                        let _ = t.fail(
+                            TaskState::UnexpectedError,
+                            format!("{}: {}", failure.state, failure.message),
+                            now,
+                        );
+                    }
                 }
             }
             if waiting.is_none() {
@@ -1015,6 +1105,9 @@ async fn reconcile_prepared(
                 write(context, spec, &status).await?;
                 if let Some(after) = &task {
                     task_event(context, spec, before.as_ref(), after).await;
+                }
+                if let Some(failure) = &waiting {
+                    waiting_event(context, spec, &current, &status, failure).await;
                 }
             }
             Err(wait) => requeue = wait,
