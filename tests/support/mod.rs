@@ -3,10 +3,12 @@
 
 #![allow(dead_code)] // every test crate includes this module and uses only some helpers
 
+pub mod badinput;
 pub mod campaign;
 pub mod cluster;
 pub mod operator;
 pub mod proxy;
+pub mod secrets;
 pub mod tools;
 
 use std::process::Command;

@@ -38,7 +38,8 @@ pub struct Harness {
     pub bin: Option<PathBuf>,
     /// Extra arguments of `mcs-operator run` (after the harness's own).
     pub operator_args: Vec<String>,
-    /// Extra environment of the operator process.
+    /// Extra environment of the operator process (it wins over the harness's own, e.g.
+    /// `RUST_LOG`).
     pub operator_env: Vec<(String, String)>,
     /// The kubeconfig the operator uses instead of the cluster's (another identity).
     pub operator_kubeconfig: Option<PathBuf>,
@@ -143,7 +144,6 @@ impl Harness {
                 "127.0.0.1:0",
             ])
             .args(&self.operator_args)
-            .envs(self.operator_env.iter().map(|(k, v)| (k, v)))
             .env(
                 "KUBECONFIG",
                 self.operator_kubeconfig
@@ -155,6 +155,7 @@ impl Harness {
                 "RUST_LOG",
                 std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
             )
+            .envs(self.operator_env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
