@@ -494,6 +494,7 @@ async fn kubevirt_failures_cancel_and_retain() {
         ("notready", master_path("win11", "broken")),
         ("notasnap", master_path("win11", "other")),
         ("clonefail", master_path("win11", "base")),
+        ("quota", master_path("win11", "base")),
         ("cancel", master_path("win11", "base")),
         ("retain", master_path("win11", "base")),
     ] {
@@ -502,6 +503,8 @@ async fn kubevirt_failures_cancel_and_retain() {
     }
     let fail_uid = prepared(&h, "p-clonefail", "clonefail", "m-clonefail", "Delete").await;
     standin.fail_clone(&objects::prepared_name(&fail_uid, "primary"));
+    let quota_uid = prepared(&h, "p-quota", "quota", "m-quota", "Delete").await;
+    standin.exceed_quota(&objects::prepared_name(&quota_uid, "primary"));
     let cancel_uid = prepared(&h, "p-cancel", "cancel", "m-cancel", "Delete").await;
     let held = objects::prepared_name(&cancel_uid, "primary");
     standin.hold_clone(&held);
@@ -517,6 +520,7 @@ async fn kubevirt_failures_cancel_and_retain() {
         ("p-notready", TaskState::InvalidSnapshotState),
         ("p-notasnap", TaskState::MasterImageNotASnapshot),
         ("p-clonefail", TaskState::DiskConsolidationFailed),
+        ("p-quota", TaskState::InsufficientResources),
     ] {
         let (state, message) = state_of(&ended(&h, name).await);
         assert_eq!(state, expected, "{name}: {message}\n{}", h.log_tail());

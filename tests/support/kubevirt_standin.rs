@@ -10,6 +10,7 @@
 //! - CDI: a DataVolume whose source exists goes `CloneScheduled` (its PVC is created, owned by
 //!   it) -> `CloneInProgress` with `status.progress` rising by `percent_per_step` -> `Succeeded`;
 //!   a clone told to fail ([`StandIn::fail_clone`]) ends `Failed` with a condition message, one
+//!   over quota ([`StandIn::exceed_quota`]) stays `Pending` with CDI's `ErrExceededQuota`, one
 //!   told to hold ([`StandIn::hold_clone`]) stays in progress;
 //! - KubeVirt snapshots: a VirtualMachineSnapshot gets a VolumeSnapshot of the VM's first PVC
 //!   and a VirtualMachineSnapshotContent naming it, and becomes `readyToUse` (phase `Succeeded`)
@@ -32,6 +33,7 @@ use serde_json::{Value, json};
 /// The stand-in's task; stopped when dropped.
 pub struct StandIn {
     fail: Arc<Mutex<HashSet<String>>>,
+    quota: Arc<Mutex<HashSet<String>>>,
     hold: Arc<Mutex<HashSet<String>>>,
     task: tokio::task::JoinHandle<()>,
 }
@@ -47,6 +49,7 @@ struct World {
     namespace: String,
     percent_per_step: f64,
     fail: Arc<Mutex<HashSet<String>>>,
+    quota: Arc<Mutex<HashSet<String>>>,
     hold: Arc<Mutex<HashSet<String>>>,
 }
 
@@ -58,11 +61,13 @@ impl StandIn {
     pub fn start(client: Client, namespace: &str, step: Duration, percent_per_step: f64) -> Self {
         let fail = Arc::new(Mutex::new(HashSet::new()));
         let hold = Arc::new(Mutex::new(HashSet::new()));
+        let quota = Arc::new(Mutex::new(HashSet::new()));
         let world = World {
             client,
             namespace: namespace.to_string(),
             percent_per_step,
             fail: fail.clone(),
+            quota: quota.clone(),
             hold: hold.clone(),
         };
         let task = tokio::spawn(async move {
@@ -73,12 +78,22 @@ impl StandIn {
                 tokio::time::sleep(step).await;
             }
         });
-        StandIn { fail, hold, task }
+        StandIn {
+            fail,
+            quota,
+            hold,
+            task,
+        }
     }
 
     /// Makes the clone into DataVolume `name` fail (the next time it is in progress).
     pub fn fail_clone(&self, name: &str) {
         self.fail.lock().expect("lock").insert(name.to_string());
+    }
+
+    /// Makes the clone into DataVolume `name` exceed the namespace's storage quota.
+    pub fn exceed_quota(&self, name: &str) {
+        self.quota.lock().expect("lock").insert(name.to_string());
     }
 
     /// Keeps the clone into DataVolume `name` in progress until [`StandIn::release_clone`].
@@ -380,6 +395,12 @@ impl World {
                     .await?;
             }
             "Pending" if !source_ready => {}
+            "" | "Pending" if self.quota.lock().expect("lock").contains(name) => {
+                self.status(&dvs, name, json!({"phase": "Pending",
+                    "conditions": [condition("Bound", "False", "ErrExceededQuota",
+                        "persistentvolumeclaims \"x\" is forbidden: exceeded quota: storage, requested: requests.storage=64Mi")]}))
+                    .await?;
+            }
             "" | "Pending" => {
                 let storage = &dv["spec"]["storage"];
                 let pvc = json!({
