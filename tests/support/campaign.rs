@@ -60,10 +60,9 @@ impl Rng {
         z ^ (z >> 31)
     }
 
-    /// A duration in `[0, max)`.
-    pub fn below(&mut self, max: Duration) -> Duration {
-        let millis = max.as_millis().max(1) as u64;
-        Duration::from_millis(self.next_u64() % millis)
+    /// A number in `[0, 1)` (in steps of 1/10,000).
+    pub fn fraction(&mut self) -> f64 {
+        (self.next_u64() % 10_000) as f64 / 10_000.0
     }
 }
 
@@ -90,15 +89,16 @@ impl Kills {
         }
     }
 
-    /// `count` kills drawn from `seed`: each in a step picked at random, at a moment picked
-    /// at random within that step's length in the reference (`steps`).
+    /// `count` kills drawn from `seed`: each in a step picked at random, at a fraction of that
+    /// step's length in the reference (`steps`) picked at random. The seed fixes the steps and
+    /// fractions; the moments scale with the reference's timing.
     pub fn seeded(seed: u64, count: u32, steps: &[Duration]) -> Self {
         let mut rng = Rng::new(seed);
         let mut at: Vec<(usize, Duration)> = (0..count)
             .map(|_| {
                 let step = (rng.next_u64() % steps.len().max(1) as u64) as usize;
                 let length = steps.get(step).copied().unwrap_or(Duration::from_secs(1));
-                (step, rng.below(length))
+                (step, length.mul_f64(rng.fraction()))
             })
             .collect();
         at.sort();
@@ -667,7 +667,7 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
             return Err(format!("{} revisions left", revisions.items.len()));
         }
         match w.api::<ImageVersionSpec>().get_opt(PREPARED).await {
-            Ok(None) => Ok(()),
+            Ok(None) => pool_settled(&w, 0).await,
             Ok(Some(_)) => Err("the prepared spec is still there".into()),
             Err(e) => Err(e.to_string()),
         }
