@@ -265,8 +265,10 @@ async fn sweep(
                 found.insert((resource.kind.clone(), name), object);
             }
         }
+        // Known defects (objects the operator never reports on) are not waited for.
         let waiting = accepted
             .iter()
+            .filter(|m| known_defect(m.kind(), &m.field).is_none())
             .filter(|m| {
                 found
                     .get(&(m.kind().to_owned(), m.name().to_owned()))
