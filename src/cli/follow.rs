@@ -40,7 +40,8 @@ impl Scope {
         }
     }
 
-    fn namespace(&self) -> &str {
+    /// The namespace (empty for every namespace).
+    pub fn namespace(&self) -> &str {
         match self {
             Self::Namespace(ns) => ns,
             Self::All => "",

@@ -246,10 +246,7 @@ pub async fn run_task(client: Client, command: &TaskCommand) -> Result<u8, TaskC
         TaskCommand::Retry(args) => (Request::Retry, args),
     };
     let scope = scope_of(&client, args.namespace.as_ref(), false);
-    let namespace = match &scope {
-        Scope::Namespace(ns) => ns.clone(),
-        Scope::All => String::new(),
-    };
+    let namespace = scope.namespace().to_owned();
     let plan = task_control::plan(
         request,
         &args.target,

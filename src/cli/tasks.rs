@@ -164,15 +164,32 @@ impl TaskRow {
     }
 }
 
+/// A kind whose status carries a task: what the task view reads of it.
+trait Tasked: ResourceExt {
+    /// `status.observedGeneration`.
+    fn observed_generation(&self) -> Option<i64>;
+    /// `status.task`.
+    fn task(&self) -> Option<&TaskStatus>;
+}
+
+macro_rules! tasked {
+    ($($kind:ty),*) => {$(
+        impl Tasked for $kind {
+            fn observed_generation(&self) -> Option<i64> {
+                self.status.as_ref().and_then(|s| s.observed_generation)
+            }
+            fn task(&self) -> Option<&TaskStatus> {
+                self.status.as_ref().and_then(|s| s.task.as_ref())
+            }
+        }
+    )*};
+}
+tasked!(ImageVersionSpec, ProvScheme, ProvVm);
+
 /// Every task of `snapshot`, ordered by namespace, kind and name.
 pub fn rows(snapshot: &Snapshot) -> Vec<TaskRow> {
-    fn row<K: ResourceExt>(
-        kind: TaskKind,
-        object: &K,
-        task: Option<&TaskStatus>,
-        prov_scheme: Option<&str>,
-    ) -> Option<TaskRow> {
-        task.map(|task| TaskRow {
+    fn row<K: Tasked>(kind: TaskKind, object: &K, prov_scheme: Option<&str>) -> Option<TaskRow> {
+        object.task().map(|task| TaskRow {
             kind,
             namespace: object.namespace().unwrap_or_default(),
             name: object.name_any(),
@@ -181,23 +198,18 @@ pub fn rows(snapshot: &Snapshot) -> Vec<TaskRow> {
         })
     }
     let mut out: Vec<TaskRow> = Vec::new();
-    out.extend(snapshot.specs.iter().filter_map(|o| {
-        let task = o.status.as_ref().and_then(|s| s.task.as_ref());
-        row(TaskKind::ImageVersionSpec, o.as_ref(), task, None)
-    }));
-    out.extend(snapshot.schemes.iter().filter_map(|o| {
-        let task = o.status.as_ref().and_then(|s| s.task.as_ref());
-        row(TaskKind::ProvScheme, o.as_ref(), task, None)
-    }));
-    out.extend(snapshot.machines.iter().filter_map(|o| {
-        let task = o.status.as_ref().and_then(|s| s.task.as_ref());
-        row(
-            TaskKind::ProvVm,
-            o.as_ref(),
-            task,
-            Some(&o.spec.prov_scheme_ref),
-        )
-    }));
+    out.extend(
+        (snapshot.specs.iter()).filter_map(|o| row(TaskKind::ImageVersionSpec, o.as_ref(), None)),
+    );
+    out.extend(
+        (snapshot.schemes.iter()).filter_map(|o| row(TaskKind::ProvScheme, o.as_ref(), None)),
+    );
+    out.extend(
+        snapshot
+            .machines
+            .iter()
+            .filter_map(|o| row(TaskKind::ProvVm, o.as_ref(), Some(&o.spec.prov_scheme_ref))),
+    );
     out.sort_by(|a, b| (&a.namespace, a.kind, &a.name).cmp(&(&b.namespace, b.kind, &b.name)));
     out
 }
@@ -361,25 +373,30 @@ pub struct Awaited {
 
 /// Whether an object's status may be stale: its spec changed since the status was written,
 /// or a cancel/retry request has not been taken up yet.
-fn stale<K: ResourceExt>(object: &K, observed: Option<i64>) -> bool {
+fn stale<K: Tasked>(object: &K) -> bool {
     let annotations = object.annotations();
-    object.meta().generation > observed
+    object.meta().generation > object.observed_generation()
         || annotations.contains_key(ANNOTATION_RETRY)
         || annotations.contains_key(ANNOTATION_CANCEL)
 }
 
+/// Whether the operator has taken up the object's current spec: it has a task, and its status
+/// is not stale.
+fn picked_up<K: Tasked>(object: &K) -> bool {
+    !stale(object) && object.task().is_some()
+}
+
 /// The outcome of one object's own task.
-fn task_outcome(
+fn task_outcome<K: Tasked>(
     target: &Target,
-    stale: bool,
-    task: Option<&TaskStatus>,
+    object: &K,
     awaited: &Awaited,
     namespace: &str,
 ) -> Outcome {
-    let Some(task) = task else {
+    let Some(task) = object.task() else {
         return Outcome::Pending;
     };
-    if stale || !task.is_terminal() || awaited.superseded.contains(&task.task_id) {
+    if stale(object) || !task.is_terminal() || awaited.superseded.contains(&task.task_id) {
         return Outcome::Pending;
     }
     let row = TaskRow {
@@ -405,48 +422,25 @@ pub fn outcome(
     awaited: &Awaited,
     namespace: &str,
 ) -> Option<Outcome> {
+    fn find<'a, K: Tasked>(objects: &'a [Arc<K>], name: &str) -> Option<&'a K> {
+        objects
+            .iter()
+            .map(AsRef::as_ref)
+            .find(|o| o.name_any() == name)
+    }
+    let name = target.name.as_str();
     match target.kind {
         TaskKind::ImageVersionSpec => {
-            let spec = snapshot
-                .specs
-                .iter()
-                .find(|o| o.name_any() == target.name)?;
-            let status = spec.status.as_ref();
-            Some(task_outcome(
-                target,
-                stale(spec.as_ref(), status.and_then(|s| s.observed_generation)),
-                status.and_then(|s| s.task.as_ref()),
-                awaited,
-                namespace,
-            ))
+            let spec = find(&snapshot.specs, name)?;
+            Some(task_outcome(target, spec, awaited, namespace))
         }
         TaskKind::ProvVm => {
-            let machine = snapshot
-                .machines
-                .iter()
-                .find(|o| o.name_any() == target.name)?;
-            let status = machine.status.as_ref();
-            Some(task_outcome(
-                target,
-                stale(machine.as_ref(), status.and_then(|s| s.observed_generation)),
-                status.and_then(|s| s.task.as_ref()),
-                awaited,
-                namespace,
-            ))
+            let machine = find(&snapshot.machines, name)?;
+            Some(task_outcome(target, machine, awaited, namespace))
         }
         TaskKind::ProvScheme => {
-            let scheme = snapshot
-                .schemes
-                .iter()
-                .find(|o| o.name_any() == target.name)?;
-            let status = scheme.status.as_ref();
-            let own = task_outcome(
-                target,
-                stale(scheme.as_ref(), status.and_then(|s| s.observed_generation)),
-                status.and_then(|s| s.task.as_ref()),
-                awaited,
-                namespace,
-            );
+            let scheme = find(&snapshot.schemes, name)?;
+            let own = task_outcome(target, scheme, awaited, namespace);
             let Outcome::Finished(_) = own else {
                 return Some(own);
             };
@@ -474,14 +468,7 @@ fn machines_outcome(
             kind: TaskKind::ProvVm,
             name: machine.name_any(),
         };
-        let status = machine.status.as_ref();
-        match task_outcome(
-            &target,
-            stale(machine.as_ref(), status.and_then(|s| s.observed_generation)),
-            status.and_then(|s| s.task.as_ref()),
-            awaited,
-            namespace,
-        ) {
+        match task_outcome(&target, machine.as_ref(), awaited, namespace) {
             Outcome::Failed(line) => return Outcome::Failed(line),
             Outcome::Pending => pending = true,
             Outcome::Finished(_) => {}
@@ -505,34 +492,14 @@ fn machines_outcome(
 /// spec, a scheme, a machine) has one for its current spec, and every scheme has the machines
 /// it wants (what `tasks -w` waits for).
 pub fn all_settled(snapshot: &Snapshot) -> bool {
-    let picked_up = |stale: bool, task: Option<&TaskStatus>| !stale && task.is_some();
     rows(snapshot).iter().all(|r| !r.task.active)
-        && snapshot
-            .specs
-            .iter()
+        && (snapshot.specs.iter())
             .filter(|s| s.spec.prepared.is_some())
-            .all(|s| {
-                let status = s.status.as_ref();
-                picked_up(
-                    stale(s.as_ref(), status.and_then(|st| st.observed_generation)),
-                    status.and_then(|st| st.task.as_ref()),
-                )
-            })
-        && snapshot.machines.iter().all(|m| {
-            let status = m.status.as_ref();
-            m.metadata.deletion_timestamp.is_some()
-                || picked_up(
-                    stale(m.as_ref(), status.and_then(|st| st.observed_generation)),
-                    status.and_then(|st| st.task.as_ref()),
-                )
-        })
+            .all(|s| picked_up(s.as_ref()))
+        && (snapshot.machines.iter())
+            .all(|m| m.metadata.deletion_timestamp.is_some() || picked_up(m.as_ref()))
         && snapshot.schemes.iter().all(|scheme| {
-            let status = scheme.status.as_ref();
-            let task = status.and_then(|s| s.task.as_ref());
-            if !picked_up(
-                stale(scheme.as_ref(), status.and_then(|s| s.observed_generation)),
-                task,
-            ) {
+            if !picked_up(scheme.as_ref()) {
                 return false;
             }
             let machines = snapshot
@@ -544,8 +511,9 @@ pub fn all_settled(snapshot: &Snapshot) -> bool {
                         && m.metadata.deletion_timestamp.is_none()
                 })
                 .count();
-            let failed =
-                task.is_some_and(|t| t.task_state != TaskState::Finished && t.is_terminal());
+            let failed = scheme
+                .task()
+                .is_some_and(|t| t.task_state != TaskState::Finished && t.is_terminal());
             failed || usize::try_from(scheme.spec.machine_count).ok() == Some(machines)
         })
 }
