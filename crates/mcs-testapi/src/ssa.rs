@@ -637,31 +637,106 @@ fn merge(live: &mut Value, cfg: &Value, path: &mut FieldPath, keys: ListKeys<'_>
             if assoc_keys(c, path, keys).is_some() && assoc_keys(l, path, keys).is_some() =>
         {
             let ks = assoc_keys(c, path, keys).unwrap_or_default();
-            for item in c {
-                let Some(key) = item_key(item, &ks) else {
-                    continue;
-                };
-                match find_item(l, &key) {
-                    Some(i) => {
-                        path.push(Seg::K(key));
-                        merge(&mut l[i], item, path, keys);
-                        path.pop();
-                    }
-                    None => l.push(item.clone()),
+            let key_of = |i: &Value| item_key(i, &ks).unwrap_or_default();
+            let live_keys: Vec<String> = l.iter().map(key_of).collect();
+            let cfg_keys: Vec<String> = c.iter().map(key_of).collect();
+            let mut out = Vec::with_capacity(l.len().max(c.len()));
+            for pick in merged_order(&live_keys, &cfg_keys) {
+                match pick {
+                    Pick::Live(i) => out.push(l[i].clone()),
+                    Pick::Applied(i) => match live_keys.iter().position(|k| *k == cfg_keys[i]) {
+                        Some(j) => {
+                            let mut item = l[j].clone();
+                            path.push(Seg::K(cfg_keys[i].clone()));
+                            merge(&mut item, &c[i], path, keys);
+                            path.pop();
+                            out.push(item);
+                        }
+                        None => out.push(c[i].clone()),
+                    },
                 }
             }
+            *l = out;
         }
         (Value::Array(l), Value::Array(c))
             if set_list(c, path, keys) && set_list(l, path, keys) =>
         {
-            for item in c {
-                if !l.contains(item) {
-                    l.push(item.clone());
-                }
-            }
+            let live_keys: Vec<String> = l.iter().map(Value::to_string).collect();
+            let cfg_keys: Vec<String> = c.iter().map(Value::to_string).collect();
+            *l = merged_order(&live_keys, &cfg_keys)
+                .into_iter()
+                .map(|pick| match pick {
+                    Pick::Live(i) => l[i].clone(),
+                    Pick::Applied(i) => c[i].clone(),
+                })
+                .collect();
         }
         (l, c) => *l = c.clone(),
     }
+}
+
+/// Where an item of a merged associative list or set comes from.
+#[derive(Debug, PartialEq, Eq)]
+enum Pick {
+    /// The live item at this index, which the configuration does not name.
+    Live(usize),
+    /// The configuration's item at this index (merged into its live match, if any).
+    Applied(usize),
+}
+
+/// The item order of a merged associative list, as structured-merge-diff lays it out:
+/// the configuration's items in the configuration's order, and live items the
+/// configuration does not name kept where they stood among them. When the
+/// configuration names every live item, the result is the configuration's order.
+fn merged_order(live: &[String], cfg: &[String]) -> Vec<Pick> {
+    use std::collections::HashSet;
+    let in_cfg: HashSet<&str> = cfg.iter().map(String::as_str).collect();
+    let in_live: HashSet<&str> = live.iter().map(String::as_str).collect();
+    let mut shared = cfg
+        .iter()
+        .filter(|k| in_live.contains(k.as_str()))
+        .peekable();
+    let mut taken: HashSet<&str> = HashSet::new();
+    let mut out = Vec::with_capacity(live.len().max(cfg.len()));
+    let (mut li, mut ri) = (0, 0);
+    while li < live.len() || ri < cfg.len() {
+        if li < live.len() && ri < cfg.len() {
+            let next_shared_elsewhere = shared.peek().is_some_and(|n| **n != live[li]);
+            if live[li] == cfg[ri] || (in_cfg.contains(live[li].as_str()) && next_shared_elsewhere)
+            {
+                if live[li] == cfg[ri] {
+                    li += 1;
+                }
+                if shared.peek().is_some_and(|n| **n == cfg[ri]) {
+                    shared.next();
+                }
+                taken.insert(&cfg[ri]);
+                out.push(Pick::Applied(ri));
+                ri += 1;
+                continue;
+            }
+        }
+        if li < live.len() {
+            if !in_cfg.contains(live[li].as_str()) {
+                out.push(Pick::Live(li));
+                li += 1;
+                continue;
+            }
+            if taken.contains(live[li].as_str()) {
+                li += 1;
+                continue;
+            }
+        }
+        if ri < cfg.len() {
+            if shared.peek().is_some_and(|n| **n == cfg[ri]) {
+                shared.next();
+            }
+            taken.insert(&cfg[ri]);
+            out.push(Pick::Applied(ri));
+            ri += 1;
+        }
+    }
+    out
 }
 
 /// Server-side apply of `config` onto `live` (an empty object when creating).
@@ -845,6 +920,47 @@ mod tests {
         let mut o = a.object.clone();
         o["metadata"]["managedFields"] = entries_to_value(&a.entries);
         o
+    }
+
+    fn keys(ks: &[&str]) -> Vec<String> {
+        ks.iter().map(|k| k.to_string()).collect()
+    }
+
+    #[test]
+    fn merged_lists_take_the_applied_order() {
+        use Pick::{Applied, Live};
+        let order = merged_order(&keys(&["P", "R"]), &keys(&["D", "P", "R"]));
+        assert_eq!(order, [Applied(0), Applied(1), Applied(2)]);
+        let order = merged_order(&keys(&["R", "D", "P"]), &keys(&["D", "P", "R"]));
+        assert_eq!(order, [Applied(0), Applied(1), Applied(2)]);
+        let order = merged_order(&keys(&["x", "P", "y", "R"]), &keys(&["R", "P"]));
+        assert_eq!(order, [Live(0), Applied(0), Applied(1), Live(2)]);
+        assert_eq!(merged_order(&keys(&["a"]), &[]), [Live(0)]);
+    }
+
+    #[test]
+    fn applying_a_full_condition_list_reorders_it_as_applied() {
+        let base = json!({"apiVersion": "v1", "kind": "X", "metadata": {"name": "n"}});
+        let cond = |t: &str| json!({"type": t, "status": "True"});
+        let first = apply(
+            &base,
+            &json!({"status": {"conditions": [cond("Progressing"), cond("Ready")]}}),
+            &args("op", false, &cond_keys),
+        )
+        .unwrap();
+        let second = apply(
+            &with_entries(&first),
+            &json!({"status": {"conditions": [cond("Degraded"), cond("Progressing"), cond("Ready")]}}),
+            &args("op", false, &cond_keys),
+        )
+        .unwrap();
+        let types: Vec<&str> = second.object["status"]["conditions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["type"].as_str().unwrap())
+            .collect();
+        assert_eq!(types, ["Degraded", "Progressing", "Ready"]);
     }
 
     #[test]
