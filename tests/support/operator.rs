@@ -124,7 +124,7 @@ impl Harness {
         self.starts += 1;
         let log = self.operator_log(self.starts);
         let file = std::fs::File::create(&log).expect("operator log");
-        let mut command = Command::new(env!("CARGO_BIN_EXE_mcs-operator"));
+        let mut command = Command::new(operator_binary());
         if let Some(bin) = &self.bin {
             let path = std::env::var_os("PATH").unwrap_or_default();
             let mut dirs = vec![bin.clone()];
@@ -444,4 +444,12 @@ where
         );
         tokio::time::sleep(poll).await;
     }
+}
+
+/// The operator binary the suites start: `MCS_OPERATOR_BIN` when set (a long campaign can run
+/// a copy while the tree is rebuilt), else the one cargo built for this test.
+pub fn operator_binary() -> std::path::PathBuf {
+    std::env::var_os("MCS_OPERATOR_BIN")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| env!("CARGO_BIN_EXE_mcs-operator").into())
 }
