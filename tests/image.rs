@@ -1,6 +1,6 @@
 //! The operator image that `scripts/image` builds without Docker or a registry, taken apart and
-//! run: the script makes the OCI archive (a locked build, release unless `MCS_IMAGE_PROFILE` names
-//! another profile, then the runtime files), and
+//! run: the script makes the OCI archive (a locked release build, or the binary of
+//! `MCS_IMAGE_BINARY`, then the runtime files), and
 //! this test
 //! - checks the OCI layout (every blob's digest and size, one gzip layer whose content digest is
 //!   the config's `diff_id`, the image name in `index.json`);
@@ -18,7 +18,7 @@
 //! `gzip` and `qemu-utils`; without root it says that it skipped and passes (also under CI,
 //! which runs as root); a missing tool is a skip outside CI and a failure under CI. The first
 //! run builds the release binary (about ten minutes on 2 cores; `scripts/test` sets
-//! `MCS_IMAGE_PROFILE=dev` and so reuses the debug build); later runs reuse it.
+//! `MCS_IMAGE_BINARY` to the debug binary the suites run); later runs reuse it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
