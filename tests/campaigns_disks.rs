@@ -257,7 +257,8 @@ async fn full_storage_is_insufficient_resources_until_it_grows() {
     drop(fs);
 }
 
-/// A read-only storage: a failure naming the read-only file system, no partial file,
+/// A read-only storage: DiskConsolidationFailed naming the storage and the read-only file
+/// system, no partial file,
 /// Finished after it is remounted read-write and `retry` is set.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn read_only_storage_fails_clearly_until_remounted() {
@@ -285,10 +286,20 @@ async fn read_only_storage_fails_clearly_until_remounted() {
         .map(|e| e.message)
         .unwrap_or_default();
     eprintln!("read-only storage: {}: {message}", task.task_state);
-    assert!(task.task_state.is_failure(), "{:?}", task.task_state);
+    // The copy into the storage cannot be made: DiskConsolidationFailed (the space is there,
+    // so not InsufficientResources), naming the read-only path and the cause.
+    assert_eq!(
+        task.task_state,
+        TaskState::DiskConsolidationFailed,
+        "{message}"
+    );
     assert!(
         message.contains("Read-only file system"),
         "the message names the cause: {message}"
+    );
+    assert!(
+        message.contains(&h.fast.join("lab").display().to_string()),
+        "the message names the read-only storage: {message}"
     );
     wait_event(&h, task.task_state.as_str()).await;
     assert!(h.partial_files().is_empty(), "{:?}", h.partial_files());
@@ -354,21 +365,20 @@ async fn corrupt_and_truncated_masters_fail_until_replaced() {
         .map(|e| e.message)
         .unwrap_or_default();
     eprintln!("truncated master: {}: {truncated}", task.task_state);
-    // qemu-img reads a truncated image's header but not its snapshot table, so the backend
-    // reports the snapshot as missing (listing the snapshots it can see: none).
-    assert!(
-        matches!(
-            task.task_state,
-            TaskState::InvalidSnapshotState
-                | TaskState::DiskConsolidationFailed
-                | TaskState::SnapshotNotFound
-        ),
-        "{:?}: {truncated}",
-        task.task_state
+    // qemu-img reads a truncated image's header but not its snapshot table; the backend checks
+    // the image before saying the snapshot is missing, and reports the damage.
+    assert_eq!(
+        task.task_state,
+        TaskState::InvalidSnapshotState,
+        "{truncated}"
     );
     assert!(
         truncated.contains("win11.qcow2"),
         "names the image: {truncated}"
+    );
+    assert!(
+        truncated.contains("truncated"),
+        "names the damage: {truncated}"
     );
     assert!(h.partial_files().is_empty(), "{:?}", h.partial_files());
 

@@ -57,13 +57,16 @@ pub enum ConnectionType {
 }
 
 /// Settings of the `Local` backend.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[derive(KubeSchema, Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LocalConnection {
     /// The directories the backend may read and write. Every disk path resolves under one of them
-    /// and can never escape it (symlinks included).
+    /// and can never escape it (symlinks included). Two roots never name one directory, and
+    /// none lies inside another (the controller also checks other spellings, `/a/./b`). At most
+    /// 16, which keeps that rule within the API server's CEL cost budget.
+    #[x_kube(validation = Rule::new("self.all(a, self.all(b, a.name == b.name || (a.path != b.path && !b.path.startsWith(a.path.endsWith('/') ? a.path : a.path + '/'))))").message("spec.local.storageRoots: two storage roots name the same directory, or one lies inside another; each root must be a directory of its own"))]
     #[schemars(
-        length(min = 1, max = 64),
+        length(min = 1, max = 16),
         schema_with = "named_list_schema::<StorageRoot>"
     )]
     pub storage_roots: Vec<StorageRoot>,

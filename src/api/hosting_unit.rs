@@ -49,7 +49,10 @@ pub struct HostingUnitSpec {
     #[schemars(length(min = 1, max = 253))]
     #[x_kube(validation = Rule::new("self == oldSelf").message("spec.connectionRef is immutable"))]
     pub connection_ref: String,
-    /// Where disks are stored. Prepared images are replicated to every storage.
+    /// Where disks are stored. Prepared images are replicated to every storage. Two storages
+    /// never name one directory (the same root and path; the controller also checks other
+    /// spellings, `lab/` or `./lab`).
+    #[x_kube(validation = Rule::new("self.all(a, self.all(b, a.name == b.name || a.root != b.root || (has(a.path) ? a.path : '') != (has(b.path) ? b.path : '')))").message("spec.storages: two storages name the same directory (the same root and path); each storage must be a directory of its own"))]
     #[schemars(
         length(min = 1, max = 64),
         schema_with = "named_list_schema::<HostingUnitStorage>"

@@ -95,8 +95,10 @@ pub struct PreparedImageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 4096))]
     pub service_offering: Option<String>,
-    /// Machine profile inventory path: the VM whose properties new machines copy.
+    /// Machine profile inventory path: the VM (or template spec version, launch template
+    /// version, Local `.machineprofile`) whose properties new machines copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('(?i)\\\\.(vm|templatespecversion|launchtemplateversion|machineprofile)$')").message("spec.prepared.machineProfile must name a machine profile item: a .vm (the template VM), .templatespecversion, .launchtemplateversion or .machineprofile (MachineProfilePathResolutionFailed)"))]
     #[schemars(length(min = 1, max = 4096))]
     pub machine_profile: Option<String>,
     /// Hypervisor-specific properties.

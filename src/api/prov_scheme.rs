@@ -100,8 +100,10 @@ pub struct ProvSchemeSpec {
     )]
     #[schemars(range(min = 1))]
     pub vm_memory_mb: Option<i64>,
-    /// Machine profile inventory path. Cannot be added or removed after creation.
+    /// Machine profile inventory path: it names a `.vm`, `.templatespecversion`,
+    /// `.launchtemplateversion` or `.machineprofile` item. Cannot be added or removed after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[x_kube(validation = Rule::new("self.matches('(?i)\\\\.(vm|templatespecversion|launchtemplateversion|machineprofile)$')").message("spec.machineProfile must name a machine profile item: a .vm (the template VM), .templatespecversion, .launchtemplateversion or .machineprofile (MachineProfilePathResolutionFailed)"))]
     #[schemars(length(min = 1, max = 4096))]
     pub machine_profile: Option<String>,
     /// Hypervisor-specific properties.

@@ -15,6 +15,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
+use mcs_domain::Reason as _;
+use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 
 use super::conditions::{DesiredCondition, merge};
 use super::status::{apply_status, field_manager};
@@ -26,6 +28,9 @@ use crate::api::{
 };
 
 const CONTROLLER: &str = "hypervisorconnection";
+
+/// The field of the Local backend's storage roots, as messages name it.
+const STORAGE_ROOTS: &str = "spec.local.storageRoots";
 
 /// What was found when checking a connection.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -91,6 +96,17 @@ pub fn decide(spec: &HypervisorConnectionSpec, facts: &ConnectionFacts) -> Conne
     if !missing.is_empty() && reason == "Available" {
         reason = "StorageNotFound";
     }
+    let roots: Vec<NamedDirectory> = spec
+        .local
+        .iter()
+        .flat_map(|l| &l.storage_roots)
+        .map(|r| NamedDirectory::new(&r.name, None, &r.path))
+        .collect();
+    let conflicts = check_distinct_directories(STORAGE_ROOTS, &roots, false);
+    for conflict in &conflicts {
+        alerts.push(conflict.to_string());
+        reason = conflict.reason();
+    }
     if facts.secret_usable == Some(false) {
         let name = spec
             .credentials_secret_ref
@@ -102,8 +118,9 @@ pub fn decide(spec: &HypervisorConnectionSpec, facts: &ConnectionFacts) -> Conne
         ));
         reason = "CredentialsNotFound";
     }
-    let usable = reason == "Available"
-        || (reason == "StorageNotFound" && !all_missing && facts.secret_usable != Some(false));
+    let usable = conflicts.is_empty()
+        && (reason == "Available"
+            || (reason == "StorageNotFound" && !all_missing && facts.secret_usable != Some(false)));
     let state = if usable {
         ConnectionState::On
     } else {
@@ -327,6 +344,27 @@ mod tests {
         assert!(d.alerts.is_empty());
         assert!(d.conditions[0].status);
         assert!(!d.conditions[1].status);
+    }
+
+    #[test]
+    fn roots_on_one_directory_or_nested_are_unavailable_naming_the_field() {
+        for fast in ["/srv/images/", "/srv/./images", "/srv/images/sub", "/srv"] {
+            let mut spec = spec(false);
+            if let Some(local) = spec.local.as_mut() {
+                local.storage_roots[1].path = fast.into();
+            }
+            let d = decide(&spec, &facts(true, true, None));
+            assert_eq!(d.state, ConnectionState::Unavailable, "{fast}");
+            assert_eq!(d.conditions[0].reason, "StorageDirectoryConflict");
+            assert!(d.conditions[1].status);
+            assert!(
+                d.conditions[0]
+                    .message
+                    .starts_with("spec.local.storageRoots[fast]: "),
+                "{}",
+                d.conditions[0].message
+            );
+        }
     }
 
     #[test]

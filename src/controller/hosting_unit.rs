@@ -13,6 +13,8 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::EventType;
 use kube::runtime::reflector::ObjectRef;
 use mcs_backend::{BackendError, Inventory, InventoryRequest, Operation, Output};
+use mcs_domain::Reason as _;
+use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 
 use super::conditions::{DesiredCondition, merge};
 use super::status::{apply_status, field_manager};
@@ -47,6 +49,14 @@ pub fn decide(
         ..HostingUnitInventory::default()
     };
     let mut problems: Vec<(String, &'static str)> = Vec::new();
+    let dirs: Vec<NamedDirectory> = spec
+        .storages
+        .iter()
+        .map(|s| NamedDirectory::new(&s.name, Some(&s.root), s.path.as_deref().unwrap_or("")))
+        .collect();
+    for conflict in check_distinct_directories("spec.storages", &dirs, true) {
+        problems.push((conflict.to_string(), conflict.reason()));
+    }
     for (name, result) in results {
         match result {
             StorageResult::Found(found) => {
@@ -347,6 +357,29 @@ mod tests {
                 .collect(),
             ..Inventory::default()
         })
+    }
+
+    #[test]
+    fn two_storages_on_one_directory_are_degraded_naming_the_field() {
+        for path in [None, Some("."), Some("./")] {
+            let mut spec = spec();
+            spec.storages[1].root = "images".into();
+            spec.storages[1].path = path.map(Into::into);
+            let results = [
+                ("primary".to_string(), found(0, 0, 1)),
+                ("secondary".to_string(), found(0, 0, 1)),
+            ];
+            let (_, conditions) = decide(&spec, &results);
+            assert_eq!(conditions[0].reason, "StorageDirectoryConflict", "{path:?}");
+            assert!(!conditions[0].status);
+            assert!(
+                conditions[0]
+                    .message
+                    .starts_with("spec.storages[secondary]: "),
+                "{}",
+                conditions[0].message
+            );
+        }
     }
 
     #[test]

@@ -497,6 +497,85 @@ async fn remove_finalizer(api: &Api<ProvVm>, machine: &ProvVm) -> Result<(), Con
     }
 }
 
+/// Why the machine is not one its scheme issued, if it is not: the scheme is missing
+/// (`ProvisioningSchemeNotFound`), or the object was made by hand, without the scheme's
+/// controller owner reference (`MachineNotIssuedByScheme`). Such a machine is reported and
+/// never built, and its deletion touches no disk: machine names are issued by the scheme.
+pub fn provenance_problem(
+    machine: &ProvVm,
+    scheme: Option<&ProvScheme>,
+) -> Option<(&'static str, String)> {
+    let name = &machine.spec.prov_scheme_ref;
+    let Some(scheme) = scheme else {
+        return Some((
+            "ProvisioningSchemeNotFound",
+            format!(
+                "spec.provSchemeRef: provisioning scheme '{name}' was not found in the namespace; a ProvVm is created by its ProvScheme (scale spec.machineCount), so no disk is built for it"
+            ),
+        ));
+    };
+    let issued = machine.owner_references().iter().any(|o| {
+        o.controller == Some(true)
+            && o.kind == "ProvScheme"
+            && o.name == *name
+            && scheme.metadata.uid.as_deref() == Some(o.uid.as_str())
+    });
+    (!issued).then(|| {
+        (
+            "MachineNotIssuedByScheme",
+            format!(
+                "spec.provSchemeRef: this ProvVm was not created by provisioning scheme '{name}' (it has no controller owner reference to it); a ProvVm is created by its ProvScheme and its spec.machineName is issued from the scheme's identity pool, so a hand-made one is reported, never built or adopted: scale the scheme's spec.machineCount instead"
+            ),
+        )
+    })
+}
+
+/// Reports a machine its scheme did not issue: `Ready=False`/`Degraded=True` with `reason`
+/// and a Warning Event when that changes; nothing is built and no disk is touched.
+async fn report_provenance(
+    machine: &ProvVm,
+    ctx: &VmContext,
+    api: &Api<ProvVm>,
+    reason: &'static str,
+    message: String,
+) -> Result<Action, ControllerError> {
+    let old = machine.status.clone().unwrap_or_default();
+    let conditions = [
+        DesiredCondition::false_(condition_type::READY, reason, message.clone()),
+        DesiredCondition::true_(condition_type::DEGRADED, reason, message.clone()),
+    ];
+    let status = ProvVmStatus {
+        observed_generation: machine.metadata.generation,
+        conditions: merge(
+            &old.conditions,
+            &conditions,
+            machine.metadata.generation,
+            Timestamp::now(),
+        ),
+        ..old.clone()
+    };
+    let was = old
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition_type::READY)
+        .map(|c| (c.reason.clone(), c.message.clone()));
+    if status != old {
+        apply_status(api, machine, &field_manager(CONTROLLER), &status).await?;
+    }
+    if was.as_ref() != Some(&(reason.to_owned(), message.clone())) {
+        tasks::publish(
+            &ctx.base,
+            machine,
+            EventType::Warning,
+            reason,
+            "Provision",
+            message,
+        )
+        .await;
+    }
+    Ok(Action::requeue(Duration::from_secs(30)))
+}
+
 /// Removes (or retains) the machine's disks, then releases the object.
 async fn cleanup(
     machine: &ProvVm,
@@ -517,6 +596,12 @@ async fn cleanup(
         remove_finalizer(api, machine).await?;
         return Ok(Action::await_change());
     };
+    if let Some((reason, _)) = provenance_problem(machine, Some(&scheme)) {
+        // Its machine name may be one the scheme issued to another machine: keep every disk.
+        tracing::warn!(machine = %machine.name_any(), reason, "a machine the scheme did not issue is deleted; no disk is touched");
+        remove_finalizer(api, machine).await?;
+        return Ok(Action::await_change());
+    }
     let policy = match scheme.spec.deletion_policy {
         DeletionPolicy::Delete => mcs_backend::DeletionPolicy::Delete,
         DeletionPolicy::Retain => mcs_backend::DeletionPolicy::Retain,
@@ -581,7 +666,20 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
         }
         return Ok(Action::await_change());
     }
-    let Some(scheme) = ctx.scheme(&namespace, &machine.spec.prov_scheme_ref) else {
+    let scheme = match ctx.scheme(&namespace, &machine.spec.prov_scheme_ref) {
+        Some(scheme) => Some(scheme),
+        // The cache may lag behind (a restart): ask the API server before saying it is gone.
+        None => ctx
+            .base
+            .api::<ProvScheme>(&namespace)
+            .get_opt(&machine.spec.prov_scheme_ref)
+            .await?
+            .map(Arc::new),
+    };
+    if let Some((reason, message)) = provenance_problem(&machine, scheme.as_deref()) {
+        return report_provenance(&machine, &ctx, &api, reason, message).await;
+    }
+    let Some(scheme) = scheme else {
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
     let Some(current) = scheme
@@ -1245,5 +1343,48 @@ mod tests {
             update_status(Some(2), 2, Some(&created)),
             UpdateStatus::UpToDate
         );
+    }
+
+    /// A machine of `scheme` (made by hand unless `owned`).
+    fn machine_of(scheme: &ProvScheme, owned: bool) -> ProvVm {
+        let mut machine: ProvVm = serde_json::from_value(json!({
+            "apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "ProvVm",
+            "metadata": {"name": "vdi-001", "namespace": "ns"},
+            "spec": {"provSchemeRef": "s", "machineName": "VDI-001", "machineIndex": 1},
+        }))
+        .expect("machine");
+        if owned {
+            machine.metadata.owner_references =
+                Some(vec![scheme.controller_owner_ref(&()).expect("uid")]);
+        }
+        machine
+    }
+
+    #[test]
+    fn only_a_machine_its_scheme_issued_is_built() {
+        let mut scheme = ProvScheme::new("s", spec());
+        scheme.metadata.uid = Some("uid-1".into());
+        assert_eq!(
+            provenance_problem(&machine_of(&scheme, true), Some(&scheme)),
+            None
+        );
+
+        let (reason, message) =
+            provenance_problem(&machine_of(&scheme, false), Some(&scheme)).expect("hand-made");
+        assert_eq!(reason, "MachineNotIssuedByScheme");
+        assert!(message.starts_with("spec.provSchemeRef: "), "{message}");
+        assert!(message.contains("spec.machineName is issued"), "{message}");
+
+        // Owned by an earlier scheme of the same name (another uid): not this scheme's.
+        let earlier = machine_of(&scheme, true);
+        scheme.metadata.uid = Some("uid-2".into());
+        assert_eq!(
+            provenance_problem(&earlier, Some(&scheme)).map(|p| p.0),
+            Some("MachineNotIssuedByScheme")
+        );
+
+        let (reason, message) = provenance_problem(&earlier, None).expect("no scheme");
+        assert_eq!(reason, "ProvisioningSchemeNotFound");
+        assert!(message.contains("spec.provSchemeRef: provisioning scheme 's' was not found"));
     }
 }

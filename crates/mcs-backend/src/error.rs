@@ -195,6 +195,17 @@ pub enum BackendError {
         /// The API server's message.
         detail: String,
     },
+    /// A storage cannot be written: its file system is read-only (`EROFS`) or the operator may
+    /// not write there (`EACCES`, `EPERM`). The disk the task needed could not be made, so the
+    /// task ends in the SDK's `DiskConsolidationFailed` (the space is there: it is not
+    /// `InsufficientResources`).
+    #[error("storage path {} is not writable: {detail}; make it writable (remount it read-write, fix its permissions) and set mcs.imaging.dev/retry", path.display())]
+    StorageNotWritable {
+        /// The file or directory that could not be written.
+        path: PathBuf,
+        /// The system error (`Read-only file system (os error 30)`).
+        detail: String,
+    },
     /// A file-system operation failed.
     #[error("I/O error on {}: {detail}", path.display())]
     Io {
@@ -216,7 +227,9 @@ impl BackendError {
             Self::MasterImageNotASnapshot { .. } => "MasterImageNotASnapshot",
             Self::HostingUnitMismatch { .. } => "HostingUnitMismatch",
             Self::InvalidPath { .. } => "InvalidPath",
-            Self::DiskConsolidationFailed { .. } => "DiskConsolidationFailed",
+            Self::DiskConsolidationFailed { .. } | Self::StorageNotWritable { .. } => {
+                "DiskConsolidationFailed"
+            }
             Self::NetworkNotFound { .. } => "NetworkPathResolutionFailed",
             Self::PreparedImageConflict { .. } => "ImageVersionSpecAlreadyExists",
             Self::PreparedImageNotFound { .. } => "ImageVersionSpecNotUsable",
@@ -247,7 +260,9 @@ impl BackendError {
                 TaskState::MasterImageNotASnapshot
             }
             Self::HostingUnitMismatch { .. } => TaskState::HostingUnitMismatch,
-            Self::DiskConsolidationFailed { .. } => TaskState::DiskConsolidationFailed,
+            Self::DiskConsolidationFailed { .. } | Self::StorageNotWritable { .. } => {
+                TaskState::DiskConsolidationFailed
+            }
             Self::NetworkNotFound { .. } => TaskState::NetworkPathResolutionFailed,
             Self::NotSupported { .. } => TaskState::NotSupported,
             Self::Canceled => TaskState::Canceled,
@@ -267,11 +282,24 @@ impl BackendError {
         }
     }
 
-    /// An [`Io`](BackendError::Io) error for `path`; `NotFound`-free helper for `map_err`.
+    /// An [`Io`](BackendError::Io) error for `path`; `NotFound`-free helper for `map_err`. A
+    /// read-only file system or a denied write is [`StorageNotWritable`](BackendError::StorageNotWritable).
     pub fn io(path: &Path, err: &std::io::Error) -> Self {
-        Self::Io {
-            path: path.to_path_buf(),
-            detail: err.to_string(),
+        use std::io::ErrorKind;
+        let not_writable = matches!(
+            err.kind(),
+            ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
+        );
+        if not_writable {
+            Self::StorageNotWritable {
+                path: path.to_path_buf(),
+                detail: err.to_string(),
+            }
+        } else {
+            Self::Io {
+                path: path.to_path_buf(),
+                detail: err.to_string(),
+            }
         }
     }
 }
@@ -285,6 +313,25 @@ impl Reason for BackendError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_read_only_or_denied_write_is_storage_not_writable() {
+        for (errno, text) in [(30, "Read-only file system"), (13, "Permission denied")] {
+            let e = BackendError::io(
+                Path::new("/s/lab/prepared"),
+                &std::io::Error::from_raw_os_error(errno),
+            );
+            assert_eq!(e.task_state(), TaskState::DiskConsolidationFailed, "{e}");
+            let message = e.to_string();
+            assert!(
+                message.contains("/s/lab/prepared is not writable"),
+                "{message}"
+            );
+            assert!(message.contains(text), "{message}");
+        }
+        let other = BackendError::io(Path::new("/s"), &std::io::Error::from_raw_os_error(5));
+        assert_eq!(other.reason(), "IoError");
+    }
 
     #[test]
     fn sdk_reasons_equal_task_state_names() {

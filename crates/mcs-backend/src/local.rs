@@ -21,7 +21,8 @@ use crate::api::{
 use crate::error::BackendError;
 use crate::paths::{
     self, PartialGuard, canonical_root, confine_existing, ensure_dir, existing_dir, file_in,
-    free_space, partial_for, remove_stale_partials, supports_direct_io, validate_name,
+    free_space, partial_for, recheck_confined, remove_stale_partials, supports_direct_io,
+    validate_name,
 };
 use crate::qemu::{Failure, QemuFailure, QemuImg, classify};
 use crate::runner::{Progress, Runner};
@@ -457,6 +458,9 @@ impl Inner {
             });
         }
         if !info.snapshots.iter().any(|s| s.name == m.snapshot) {
+            // A damaged image (truncated, corrupt) may lose its snapshot table: say that it is
+            // damaged, not that the snapshot is missing.
+            self.check_master(m).await?;
             let have: Vec<&str> = info.snapshots.iter().map(|s| s.name.as_str()).collect();
             return Err(BackendError::SnapshotNotFound {
                 image: m.file.clone(),
@@ -476,11 +480,26 @@ impl Inner {
             })
         })?;
         if report.corruptions > 0 || report.check_errors > 0 {
+            let truncated = report.errors.iter().any(|e| e.contains("end of the file"));
+            let how = if truncated {
+                let length = fs::metadata(&m.file).map_or(0, |meta| meta.len());
+                format!(
+                    "the image is truncated: its metadata points past the end of the file ({length} bytes)"
+                )
+            } else {
+                "the image is corrupt".to_owned()
+            };
             return Err(BackendError::InvalidSnapshotState {
                 image: m.file.clone(),
                 detail: format!(
-                    "qemu-img check found {} corruptions and {} check errors",
-                    report.corruptions, report.check_errors
+                    "{how}; qemu-img check found {} corruptions and {} check errors{}; replace it with a good copy",
+                    report.corruptions,
+                    report.check_errors,
+                    report
+                        .errors
+                        .first()
+                        .map(|e| format!(" ({e})"))
+                        .unwrap_or_default()
                 ),
             });
         }
@@ -569,6 +588,7 @@ impl Inner {
         let size_bytes = fs::metadata(&t.final_path)
             .map_err(|e| BackendError::io(&t.final_path, &e))?
             .len();
+        self.recheck_target(t)?;
         let rec = DoneRecord {
             image_id: image_id.to_string(),
             source: m.file.clone(),
@@ -704,6 +724,12 @@ impl Inner {
         }
     }
 
+    /// [`recheck_confined`] of a target's directory and final file, right before a write.
+    fn recheck_target(&self, t: &Target) -> Result<(), BackendError> {
+        let root = self.root(&t.storage)?;
+        recheck_confined(std::slice::from_ref(&root), &t.dir, Some(&t.final_path))
+    }
+
     /// `convert` of the snapshot into `<final>.partial-<uuid>`, then fsync + rename.
     async fn consolidate(
         &self,
@@ -711,6 +737,7 @@ impl Inner {
         t: &Target,
         progress: impl Fn(f64) + Send + Sync,
     ) -> Result<(), BackendError> {
+        self.recheck_target(t)?;
         let guard = PartialGuard::new(partial_for(&t.final_path));
         let direct = supports_direct_io(&t.dir);
         self.qemu
@@ -737,6 +764,7 @@ impl Inner {
                     },
                 })
             })?;
+        self.recheck_target(t)?;
         let final_path = t.final_path.clone();
         blocking(move || paths::commit(guard, &final_path)).await
     }
@@ -748,6 +776,7 @@ impl Inner {
         t: &Target,
         progress: impl Fn(f64) + Send + Sync,
     ) -> Result<(), BackendError> {
+        self.recheck_target(t)?;
         let guard = PartialGuard::new(partial_for(&t.final_path));
         let direct = supports_direct_io(&t.dir);
         self.qemu
@@ -771,6 +800,7 @@ impl Inner {
                 detail: format!("copy differs from {}", primary.display()),
             });
         }
+        self.recheck_target(t)?;
         let final_path = t.final_path.clone();
         blocking(move || paths::commit(guard, &final_path)).await
     }
@@ -827,8 +857,11 @@ impl Inner {
 
     async fn replace_overlay(&self, backing: &Path, dir: &Path) -> Result<(), BackendError> {
         let disk = dir.join(DISK_FILE);
+        let roots = self.all_roots();
+        recheck_confined(&roots, dir, Some(&disk))?;
         let guard = PartialGuard::new(partial_for(&disk));
         self.qemu.create_overlay(backing, guard.path()).await?;
+        recheck_confined(&roots, dir, Some(&disk))?;
         blocking(move || paths::commit(guard, &disk)).await
     }
 
@@ -858,6 +891,7 @@ impl Inner {
             machine_index: def.index,
             scheme: def.scheme.clone(),
         };
+        recheck_confined(&self.all_roots(), dir, None)?;
         let staging = PartialGuard::new(partial_for(&dir.join(IDENTITY_STAGING)));
         let file = staging.path().join("identity.json");
         fs::create_dir(staging.path()).map_err(|e| BackendError::io(staging.path(), &e))?;

@@ -68,6 +68,32 @@ pub fn confine_existing(roots: &[PathBuf], path: &Path) -> Result<PathBuf, Backe
     }
 }
 
+/// Confinement at the moment of use: the canonical directory `dir` (resolved earlier, e.g.
+/// when a task started) must still resolve to itself and lie under one of `roots`, so that a
+/// level replaced by a symlink since then (`prepared` -> `/etc`) is refused before anything is
+/// written through it; and `file`, a name in `dir`, must not have become a symlink that leaves
+/// the roots. Call it right before each write (a qemu-img run, a rename).
+pub fn recheck_confined(
+    roots: &[PathBuf],
+    dir: &Path,
+    file: Option<&Path>,
+) -> Result<(), BackendError> {
+    let outside = |path: &Path| BackendError::PathOutsideStorage {
+        path: path.to_path_buf(),
+    };
+    let now = fs::canonicalize(dir).map_err(|e| BackendError::io(dir, &e))?;
+    if now != dir || !roots.iter().any(|r| now.starts_with(r)) {
+        return Err(outside(dir));
+    }
+    if let Some(file) = file
+        && fs::symlink_metadata(file).is_ok_and(|m| m.file_type().is_symlink())
+        && !fs::canonicalize(file).is_ok_and(|c| roots.iter().any(|r| c.starts_with(r)))
+    {
+        return Err(outside(file));
+    }
+    Ok(())
+}
+
 /// Makes sure the directory `root/a/b/...` exists, creating one level at a time and refusing
 /// any level that resolves (through a symlink) outside `root`. `root` must be canonical.
 /// Returns the canonical directory.
@@ -322,6 +348,32 @@ mod tests {
                 prop_assert_eq!(p.components().count(), 3);
             }
         }
+    }
+
+    #[test]
+    fn recheck_refuses_a_level_swapped_for_a_symlink_after_it_was_resolved() {
+        let base = tempfile::tempdir().unwrap();
+        let root = fs::canonicalize(base.path()).unwrap().join("root");
+        let outside = fs::canonicalize(base.path()).unwrap().join("outside");
+        fs::create_dir_all(&outside).unwrap();
+        fs::create_dir_all(&root).unwrap();
+        let roots = vec![root.clone()];
+        let dir = ensure_dir(&root, &["prepared"]).unwrap();
+        assert!(recheck_confined(&roots, &dir, Some(&dir.join("x.qcow2"))).is_ok());
+        // A file planted as a link out of the roots.
+        std::os::unix::fs::symlink(outside.join("f"), dir.join("x.qcow2")).unwrap();
+        assert!(matches!(
+            recheck_confined(&roots, &dir, Some(&dir.join("x.qcow2"))),
+            Err(BackendError::PathOutsideStorage { .. })
+        ));
+        // The directory itself swapped for a link out of the roots.
+        fs::remove_file(dir.join("x.qcow2")).unwrap();
+        fs::remove_dir(&dir).unwrap();
+        std::os::unix::fs::symlink(&outside, &dir).unwrap();
+        assert!(matches!(
+            recheck_confined(&roots, &dir, None),
+            Err(BackendError::PathOutsideStorage { .. })
+        ));
     }
 
     #[test]

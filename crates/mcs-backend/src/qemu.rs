@@ -69,6 +69,10 @@ pub struct CheckReport {
     /// Errors that kept the check from completing.
     #[serde(default)]
     pub check_errors: u64,
+    /// The first `ERROR` lines qemu-img printed (at most three), e.g. a reference "exceeding
+    /// the end of the file" when the image was truncated.
+    #[serde(skip)]
+    pub errors: Vec<String>,
 }
 
 /// What `qemu-img measure --output=json` reports.
@@ -291,13 +295,24 @@ impl QemuImg {
         let args: Vec<OsString> = vec!["--output=json".into(), path.into()];
         let out = self.run("check", path, args, None).await?;
         match out.code {
-            Some(0) | Some(2) | Some(3) => serde_json::from_str(&out.stdout).map_err(|e| {
-                QemuFailure::Backend(BackendError::QemuImg {
-                    command: "check".into(),
-                    path: path.to_path_buf(),
-                    detail: format!("unreadable JSON: {e}; {}", out.stderr),
+            Some(0) | Some(2) | Some(3) => serde_json::from_str(&out.stdout)
+                .map(|report: CheckReport| CheckReport {
+                    errors: out
+                        .stderr
+                        .lines()
+                        .filter(|l| l.starts_with("ERROR"))
+                        .take(3)
+                        .map(str::to_owned)
+                        .collect(),
+                    ..report
                 })
-            }),
+                .map_err(|e| {
+                    QemuFailure::Backend(BackendError::QemuImg {
+                        command: "check".into(),
+                        path: path.to_path_buf(),
+                        detail: format!("unreadable JSON: {e}; {}", out.stderr),
+                    })
+                }),
             _ => Err(QemuFailure::Exit(out)),
         }
     }

@@ -726,6 +726,39 @@ fn corrupt_refcounts(file: &Path) {
     fh.write_all(&[0u8; 40]).expect("write");
 }
 
+/// A tmpfs mounted for a test, unmounted when dropped.
+struct Unmount(PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// Mounts a tmpfs with `options` on `dir`; `None`, after printing that `test` is SKIPPED,
+/// when the machine does not allow it (not root).
+fn mount_tmpfs(dir: &Path, options: &str, test: &str) -> Option<Unmount> {
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", options, "tmpfs"])
+        .arg(dir)
+        .stderr(Stdio::piped())
+        .output();
+    match mounted {
+        Ok(o) if o.status.success() => Some(Unmount(dir.to_path_buf())),
+        Ok(o) => {
+            println!(
+                "SKIPPED {test}: mount -t tmpfs refused: {}",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            println!("SKIPPED {test}: cannot run mount: {e}");
+            None
+        }
+    }
+}
+
 #[tokio::test]
 async fn full_disk_is_insufficient_resources() {
     let f = Fixture::with(|c| {
@@ -736,32 +769,10 @@ async fn full_disk_is_insufficient_resources() {
     });
     let small = f.base.join("small");
     fs::create_dir(&small).expect("mkdir");
-    let mounted = Command::new("mount")
-        .args(["-t", "tmpfs", "-o", "size=8m", "tmpfs"])
-        .arg(&small)
-        .stderr(Stdio::piped())
-        .output();
-    match mounted {
-        Ok(o) if o.status.success() => {}
-        Ok(o) => {
-            println!(
-                "SKIPPED full_disk_is_insufficient_resources: mount -t tmpfs refused: {}",
-                String::from_utf8_lossy(&o.stderr).trim()
-            );
-            return;
-        }
-        Err(e) => {
-            println!("SKIPPED full_disk_is_insufficient_resources: cannot run mount: {e}");
-            return;
-        }
-    }
-    struct Unmount(PathBuf);
-    impl Drop for Unmount {
-        fn drop(&mut self) {
-            let _ = Command::new("umount").arg("-l").arg(&self.0).status();
-        }
-    }
-    let _unmount = Unmount(small.clone());
+    let Some(_unmount) = mount_tmpfs(&small, "size=8m", "full_disk_is_insufficient_resources")
+    else {
+        return;
+    };
     make_random_master(&f.base.join("s1/big.qcow2"), 24);
     let measured = run(
         &f.backend,
@@ -1276,4 +1287,122 @@ async fn copy_rate_limit_is_passed_to_every_convert() {
     for line in converts {
         assert!(line.contains(&format!("-r {}", 512 * MIB)), "{line}");
     }
+}
+
+/// A truncated master is told apart from a missing snapshot: `InvalidSnapshotState` naming
+/// the image and the truncation (qemu-img still reads its header, but not its snapshot table).
+#[tokio::test]
+async fn truncated_master_is_invalid_snapshot_state_not_snapshot_not_found() {
+    let f = Fixture::new();
+    let master = f.base.join("s1/win11.qcow2");
+    let good = fs::read(&master).expect("master");
+    fs::write(&master, &good[..good.len() / 2]).expect("truncate");
+    let e = f
+        .prepare(
+            "t",
+            r"XDHyp:\HostingUnits\hu\win11.vm\base.snapshot",
+            &["s1"],
+        )
+        .await
+        .expect_err("truncated");
+    assert_eq!(e.reason(), "InvalidSnapshotState", "{e}");
+    assert_eq!(e.task_state(), TaskState::InvalidSnapshotState);
+    let message = e.to_string();
+    assert!(message.contains("win11.qcow2"), "{message}");
+    assert!(message.contains("truncated"), "{message}");
+    assert!(partials(&f.base).is_empty());
+    // A good image without the snapshot is still SnapshotNotFound.
+    fs::write(&master, &good).expect("restore");
+    let e = f
+        .prepare(
+            "t",
+            r"XDHyp:\HostingUnits\hu\win11.vm\nope.snapshot",
+            &["s1"],
+        )
+        .await
+        .expect_err("no snapshot");
+    assert_eq!(e.reason(), "SnapshotNotFound", "{e}");
+}
+
+/// A storage on a read-only file system: `DiskConsolidationFailed` naming the storage path and
+/// the cause, nothing written; the prepare succeeds once it is writable again. Needs root (a
+/// tmpfs mount); says SKIPPED without it.
+#[tokio::test]
+async fn read_only_storage_is_not_writable_until_remounted() {
+    let f = Fixture::new();
+    let s2 = f.base.join("s2");
+    let Some(_unmount) = mount_tmpfs(
+        &s2,
+        "size=64m,ro",
+        "read_only_storage_is_not_writable_until_remounted",
+    ) else {
+        return;
+    };
+    let e = f
+        .prepare(
+            "ro",
+            r"XDHyp:\HostingUnits\hu\win11.vm\base.snapshot",
+            &["s1", "s2"],
+        )
+        .await
+        .expect_err("read-only");
+    assert_eq!(e.reason(), "DiskConsolidationFailed", "{e}");
+    assert!(
+        matches!(e, BackendError::StorageNotWritable { .. }),
+        "{e:?}"
+    );
+    let message = e.to_string();
+    assert!(message.contains(&s(&s2)), "names the storage: {message}");
+    assert!(message.contains("Read-only file system"), "{message}");
+    assert!(partials(&f.base).is_empty());
+    sh("mount", &["-o", "remount,rw", &s(&s2)]);
+    let ok = f
+        .prepare(
+            "ro",
+            r"XDHyp:\HostingUnits\hu\win11.vm\base.snapshot",
+            &["s1", "s2"],
+        )
+        .await
+        .expect("writable again");
+    assert_eq!(ok.copies.len(), 2);
+}
+
+/// Confinement holds at the moment of use: a storage's `prepared` directory swapped for a
+/// link out of the roots after the task resolved it (here while `qemu-img check` runs) is
+/// refused before anything is written through it.
+#[tokio::test]
+async fn symlink_planted_after_resolution_is_refused_at_use() {
+    let probe = Fixture::new();
+    let outside = tempfile::tempdir().expect("outside");
+    let outside_p = fs::canonicalize(outside.path()).expect("canon");
+    let prepared = probe.base.join("s2/prepared");
+    let wrapper = probe.base.join("swap-on-check");
+    fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nif [ \"$1\" = check ] && [ -d '{p}' ] && [ ! -L '{p}' ]; then\n  mv '{p}' '{p}.moved' && ln -s '{o}' '{p}'\nfi\nexec qemu-img \"$@\"\n",
+            p = prepared.display(),
+            o = outside_p.display()
+        ),
+    )
+    .expect("wrapper");
+    sh("chmod", &["+x", &s(&wrapper)]);
+    let f = Fixture::with(|c| {
+        c.qemu_img = wrapper;
+        for st in &mut c.storages {
+            st.path = probe.base.join(&st.name);
+        }
+    });
+    let e = f
+        .prepare(
+            "late",
+            r"XDHyp:\HostingUnits\hu\win11.vm\base.snapshot",
+            &["s2"],
+        )
+        .await
+        .expect_err("refused");
+    assert_eq!(e.reason(), "PathOutsideStorage", "{e}");
+    assert!(fs::symlink_metadata(&prepared).is_ok_and(|m| m.file_type().is_symlink()));
+    let written: Vec<_> = fs::read_dir(&outside_p).expect("ls").flatten().collect();
+    assert!(written.is_empty(), "written outside: {written:?}");
 }

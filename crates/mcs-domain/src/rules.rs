@@ -350,6 +350,17 @@ pub enum RuleError {
         /// What is wrong.
         detail: String,
     },
+    /// Two entries of a list of directories (storage roots, storages) name one directory, or
+    /// one lies inside another where that is not allowed.
+    #[error(
+        "{field}: {detail}; each entry must name a directory of its own, so that a disk has one owner"
+    )]
+    StorageDirectoryConflict {
+        /// The later of the two entries (`spec.storages[secondary]`).
+        field: String,
+        /// Which entries, and how they overlap.
+        detail: String,
+    },
     /// `maxVersions` is outside `1..=32000`.
     #[error(
         "{field}: is {value}, but the provisioning scheme version maximum must be in the range 1..=32000"
@@ -446,6 +457,7 @@ impl Reason for RuleError {
             Self::HostingUnitMismatch { .. } => "HostingUnitMismatch",
             Self::ImageVersionSpecAlreadyExists { .. } => "ImageVersionSpecAlreadyExists",
             Self::FieldImmutable { .. } => "FieldImmutable",
+            Self::StorageDirectoryConflict { .. } => "StorageDirectoryConflict",
         }
     }
 }
@@ -474,7 +486,8 @@ impl RuleError {
             | Self::InvalidProvisioningSchemeVersionMaximum { field, .. }
             | Self::HostingUnitMismatch { field, .. }
             | Self::ImageVersionSpecAlreadyExists { field, .. }
-            | Self::FieldImmutable { field, .. } => field,
+            | Self::FieldImmutable { field, .. }
+            | Self::StorageDirectoryConflict { field, .. } => field,
         }
     }
 }
@@ -812,8 +825,19 @@ pub fn check_service_offering(
     Ok(())
 }
 
-/// Checks a machine profile path: it must include the `XDHyp:` drive and lead to an item (a
-/// VM, template spec version, launch template version, ...) within `hosting_unit`.
+/// The item kinds a machine profile may name: a VM (`.vm`, the SDK's template VM), an Azure
+/// template spec version, an AWS launch template version (the seeds' `Set-ProvScheme`
+/// examples), or a Local backend machine definition (`profiles.folder\<name>.machineprofile`).
+pub const MACHINE_PROFILE_KINDS: [&str; 4] = [
+    "vm",
+    "templatespecversion",
+    "launchtemplateversion",
+    "machineprofile",
+];
+
+/// Checks a machine profile path: it must include the `XDHyp:` drive and lead to an item
+/// within `hosting_unit` whose kind is one of [`MACHINE_PROFILE_KINDS`] (a network, service
+/// offering, snapshot or folder is not a machine profile).
 ///
 /// # Errors
 ///
@@ -827,8 +851,110 @@ pub fn check_machine_profile(field: &str, path: &str, hosting_unit: &str) -> Res
     if path.trim().is_empty() {
         return Err(fail("the machine profile path is empty".to_owned()));
     }
-    resolve_item(path, hosting_unit).map_err(fail)?;
-    Ok(())
+    let parsed = resolve_item(path, hosting_unit).map_err(fail)?;
+    match parsed.leaf() {
+        Some(leaf) if MACHINE_PROFILE_KINDS.iter().any(|k| leaf.is_kind(k)) => Ok(()),
+        leaf => Err(fail(format!(
+            "inventory path {path:?} names {}, not a machine profile (a {} item)",
+            leaf.and_then(|l| l.kind.as_deref()).map_or_else(
+                || "an item with no kind".to_owned(),
+                |k| format!("a .{k} item")
+            ),
+            MACHINE_PROFILE_KINDS
+                .iter()
+                .map(|k| format!(".{k}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ))),
+    }
+}
+
+/// One directory a storage root or a storage names: its name in the list and its path
+/// components (for a hosting unit storage, the root's name followed by the relative path).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NamedDirectory {
+    /// The entry's name (`images`, `primary`).
+    pub name: String,
+    /// The path as written (for messages).
+    pub spelled: String,
+    /// The path's components.
+    pub components: Vec<String>,
+}
+
+impl NamedDirectory {
+    /// An entry named `name` for the directory `path`, split on `/` with empty and `.`
+    /// components dropped and `..` taking the previous component away (lexically: symlinks
+    /// are the backend's to resolve). `prefix` is prepended (a hosting unit storage's root).
+    pub fn new(name: &str, prefix: Option<&str>, path: &str) -> NamedDirectory {
+        let mut components: Vec<String> = prefix.map(|p| vec![p.to_owned()]).unwrap_or_default();
+        let floor = components.len();
+        for part in path.split('/') {
+            match part {
+                "" | "." => {}
+                ".." => {
+                    if components.len() > floor {
+                        components.pop();
+                    } else {
+                        components.push("..".to_owned());
+                    }
+                }
+                other => components.push(other.to_owned()),
+            }
+        }
+        NamedDirectory {
+            name: name.to_owned(),
+            spelled: path.to_owned(),
+            components,
+        }
+    }
+}
+
+/// Checks that no two entries of `dirs` name the same directory and, when `nested` is false,
+/// that none lies inside another. `field` is the list (`spec.local.storageRoots`); each error
+/// names the later entry (`spec.local.storageRoots[fast]`) and the earlier one.
+///
+/// # Errors
+///
+/// One [`RuleError::StorageDirectoryConflict`] per conflicting entry.
+pub fn check_distinct_directories(
+    field: &str,
+    dirs: &[NamedDirectory],
+    nested: bool,
+) -> Vec<RuleError> {
+    let mut errors = Vec::new();
+    for (i, later) in dirs.iter().enumerate() {
+        let clash = dirs[..i].iter().find_map(|earlier| {
+            let (short, long) = if earlier.components.len() <= later.components.len() {
+                (&earlier.components, &later.components)
+            } else {
+                (&later.components, &earlier.components)
+            };
+            if short == long {
+                Some((earlier, "the same directory as"))
+            } else if !nested && long.starts_with(short) {
+                Some((
+                    earlier,
+                    if short == &earlier.components {
+                        "inside"
+                    } else {
+                        "a parent directory of"
+                    },
+                ))
+            } else {
+                None
+            }
+        });
+        if let Some((earlier, relation)) = clash {
+            errors.push(RuleError::StorageDirectoryConflict {
+                field: format!("{field}[{}]", later.name),
+                detail: format!(
+                    "{:?} is {relation} {field}[{}] ({:?})",
+                    later.spelled, earlier.name, earlier.spelled
+                ),
+            });
+        }
+    }
+    errors
 }
 
 /// Checks a provisioning scheme version maximum: it must be in `1..=32000`.

@@ -617,6 +617,8 @@ fn machine_profile_valid() {
         PROFILE,
         r"XDHyp:\HostingUnits\hu1\us-east-1a.availabilityzone\machine-profile-vm (i-00c55f1107b662c04).vm",
         r"XDHyp:\HostingUnits\hu1\machine-profile-lt (lt-06927522c36bg5698).launchtemplate\lt-06927522c36bg5698 (1).launchtemplateversion",
+        r"XDHyp:\HostingUnits\hu1\profiles.folder\gpu.machineprofile",
+        r"XDHyp:\HostingUnits\hu1\Template.VM",
     ] {
         assert_eq!(
             check_machine_profile(field::MACHINE_PROFILE, path, HU),
@@ -627,6 +629,23 @@ fn machine_profile_valid() {
 }
 
 #[test]
+fn machine_profile_of_another_kind_names_the_kind() {
+    let err = check_machine_profile(
+        field::MACHINE_PROFILE,
+        r"XDHyp:\HostingUnits\hu1\x.network",
+        HU,
+    )
+    .expect_err("a network is not a machine profile");
+    let msg = err.to_string();
+    assert!(msg.starts_with("spec.machineProfile: "), "{msg}");
+    assert!(
+        msg.contains("a .network item, not a machine profile"),
+        "{msg}"
+    );
+    assert!(msg.contains(".vm"), "{msg}");
+}
+
+#[test]
 fn machine_profile_invalid() {
     for path in [
         "",
@@ -634,6 +653,11 @@ fn machine_profile_invalid() {
         r"XDHyp:\HostingUnits\other\vm1.vm",
         r"XDHyp:\HostingUnits\hu1\",
         r"XDHyp:\HostingUnits\hu1\a\\b.vm",
+        r"XDHyp:\HostingUnits\hu1\x.network",
+        r"XDHyp:\HostingUnits\hu1\small.serviceoffering",
+        r"XDHyp:\HostingUnits\hu1\win11.vm\base.snapshot",
+        r"XDHyp:\HostingUnits\hu1\profiles.folder",
+        r"XDHyp:\HostingUnits\hu1\noextension",
     ] {
         let err = check_machine_profile(field::PREPARED_MACHINE_PROFILE, path, HU).err();
         assert_eq!(
