@@ -915,3 +915,76 @@ async fn the_whole_operator_prepares_then_provisions() {
         assert!(env.machine_dir("full", machine).join("disk.qcow2").exists());
     }
 }
+
+/// A ProvVm is created by its scheme: one naming a missing scheme, or made by hand for an
+/// existing one (even with a machine name the scheme issued and the disk finalizer copied),
+/// is reported in its conditions and a Warning Event naming `spec.provSchemeRef`, is never
+/// built, and its deletion touches no disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn hand_made_machines_are_reported_and_touch_no_disk() {
+    let env = Env::start("hand-made-machines-are-reported-and-touch-no-disk").await;
+    env.prepared("prepared-a", "win11", "Success").await;
+    env.scheme("desk", json!({"machineCount": 1})).await;
+    wait_ready_machines(&env, "desk", 1).await;
+    let disk = env.machine_dir("desk", "VDI-001").join("disk.qcow2");
+    let before = std::fs::metadata(&disk)
+        .expect("disk")
+        .modified()
+        .expect("mtime");
+    let machine = |name: &str, scheme: &str| {
+        json!({
+            "apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "ProvVm",
+            "metadata": {"name": name, "finalizers": ["mcs.imaging.dev/machine-disks"]},
+            "spec": {"provSchemeRef": scheme, "machineName": "VDI-001", "machineIndex": 1},
+        })
+    };
+    for (name, scheme, reason) in [
+        ("impostor", "desk", "MachineNotIssuedByScheme"),
+        ("orphan", "missing", "ProvisioningSchemeNotFound"),
+    ] {
+        let _: ProvVm = env.create(machine(name, scheme)).await;
+        let reported = env
+            .wait::<ProvVm>(name, reason, |m| {
+                m.status.as_ref().is_some_and(|s| {
+                    s.observed_generation == m.metadata.generation
+                        && s.conditions.iter().any(|c| {
+                            c.type_ == condition_type::READY
+                                && c.status == "False"
+                                && c.reason == reason
+                        })
+                })
+            })
+            .await;
+        let status = reported.status.expect("status");
+        assert_eq!(status.provisioning_scheme_version, None, "never built");
+        assert!(status.disks.is_empty());
+        let notes = env.wait_event(name, reason).await;
+        assert!(
+            notes.iter().all(|n| n.starts_with("spec.provSchemeRef: ")),
+            "{notes:?}"
+        );
+        env.api::<ProvVm>()
+            .delete(name, &Default::default())
+            .await
+            .expect("deleted");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while env
+            .api::<ProvVm>()
+            .get_opt(name)
+            .await
+            .expect("get")
+            .is_some()
+        {
+            assert!(std::time::Instant::now() < deadline, "{name} not released");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    // The scheme's own VDI-001 keeps its disk, untouched, and stays Ready.
+    let after = std::fs::metadata(&disk)
+        .expect("disk kept")
+        .modified()
+        .expect("mtime");
+    assert_eq!(before, after);
+    let scheme = wait_ready_machines(&env, "desk", 1).await;
+    assert_eq!(scheme.status.expect("status").machine_count, 1);
+}
