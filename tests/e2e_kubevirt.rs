@@ -15,7 +15,7 @@ mod support;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::StorageClass;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::core::ApiResource;
@@ -179,6 +179,16 @@ async fn names(h: &Harness, ar: &ApiResource) -> Vec<String> {
     names
 }
 
+/// The stand-in playing KubeVirt and CDI in the test's namespace.
+fn start_standin(h: &Harness) -> kubevirt_standin::StandIn {
+    kubevirt_standin::StandIn::start(
+        h.cluster.client.clone(),
+        &h.cluster.namespace,
+        Duration::from_millis(150),
+        10.0,
+    )
+}
+
 /// One test's world on the shared control plane: the KubeVirt CRDs, the master world, the
 /// stand-in and the operator, with the KubeVirt examples applied; `None` on the test server.
 async fn world(test: &str) -> Option<(Harness, kubevirt_standin::StandIn)> {
@@ -191,12 +201,7 @@ async fn world(test: &str) -> Option<(Harness, kubevirt_standin::StandIn)> {
     let mut h = Harness::new(test, "16M", 1).await;
     tokio::task::block_in_place(|| install_crds(&h));
     master_world(&h).await;
-    let standin = kubevirt_standin::StandIn::start(
-        h.cluster.client.clone(),
-        &h.cluster.namespace,
-        Duration::from_millis(150),
-        10.0,
-    );
+    let standin = start_standin(&h);
     h.start_operator();
     h.apply(&kubevirt_examples(&h)).await;
     let connection = h
@@ -399,6 +404,7 @@ async fn kubevirt_examples_prepare_images_and_machines() {
     })
     .await;
     let vm = wait_vm(&h, &vm_name, "Running").await;
+    vm_status(&h, MACHINES[0], "Running").await;
     assert_eq!(vm["spec"]["runStrategy"], "Always");
     assert_eq!(
         vm["spec"]["template"]["spec"]["domain"]["memory"]["guest"],
@@ -408,6 +414,7 @@ async fn kubevirt_examples_prepare_images_and_machines() {
     // Stop, then start again: clean-on-boot clones the disk afresh.
     power(&h, MACHINES[0], "Stopped").await;
     let vm = wait_vm(&h, &vm_name, "Stopped").await;
+    vm_status(&h, MACHINES[0], "Stopped").await;
     assert_eq!(vm["spec"]["runStrategy"], "Halted");
     let disk_uid = |dv: Value| dv["metadata"]["uid"].clone();
     let disk = objects::disk_name(&vm_name);
@@ -431,6 +438,179 @@ async fn kubevirt_examples_prepare_images_and_machines() {
         claims.contains(&objects::prepared_name(&uid, "primary")),
         "in use: kept {claims:?}"
     );
+    ownership_and_namespace_deletion(&mut h, standin, &uid).await;
+}
+
+/// The uid of ProvVM `MACHINES[i]` and its VirtualMachine's name.
+async fn machine(h: &Harness, i: usize) -> (String, String) {
+    let vm = h.wait::<ProvVm>(MACHINES[i], "exists", |_| true).await;
+    let name = objects::machine_name(SCHEME, &vm.spec.machine_name);
+    (vm.metadata.uid.expect("uid"), name)
+}
+
+/// Waits until ProvVM `name` shows `printable` as its `status.vmStatus`.
+async fn vm_status(h: &Harness, name: &str, printable: &str) {
+    h.wait::<ProvVm>(name, &format!("vmStatus {printable}"), |vm| {
+        vm.status.as_ref().and_then(|s| s.vm_status.as_deref()) == Some(printable)
+    })
+    .await;
+}
+
+/// The uids of object `name`'s owners (empty when it has none).
+async fn owners(h: &Harness, ar: &ApiResource, name: &str) -> Vec<String> {
+    get(h, ar, name).await["metadata"]["ownerReferences"]
+        .as_array()
+        .map(|refs| {
+            refs.iter()
+                .filter_map(|r| r["uid"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (at most `bound`) until none of `names` exists as `ar`; returns how long it took.
+async fn gone(h: &Harness, ar: &ApiResource, wanted: &[String], bound: Duration) -> Duration {
+    let start = std::time::Instant::now();
+    loop {
+        let left: Vec<String> = names(h, ar)
+            .await
+            .into_iter()
+            .filter(|n| wanted.contains(n))
+            .collect();
+        if left.is_empty() {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < bound,
+            "{} left after {bound:?}: {left:?}",
+            ar.kind
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The end of the examples flow (operator and stand-in running, every machine built): the
+/// objects are owned by the mcs objects of the same namespace; the VirtualMachine watch
+/// refreshes a ProvVM's `vmStatus`; with the operator stopped, the real garbage collector
+/// removes a ProvVM's VirtualMachine, identity Secret, DataVolume and PVC (foreground deletion
+/// of the ProvVM, whose own finalizer then waits for the operator); deleting the namespace
+/// leaves nothing of the backend and no finalizer holds it.
+async fn ownership_and_namespace_deletion(
+    h: &mut Harness,
+    standin: kubevirt_standin::StandIn,
+    prepared_uid: &str,
+) {
+    let machines: Api<ProvVm> = h.api();
+    let spec_uid = h
+        .wait::<ImageVersionSpec>(PREPARED, "exists", |_| true)
+        .await
+        .metadata
+        .uid
+        .expect("uid");
+    let prepared_dv = objects::prepared_name(prepared_uid, "primary");
+    assert_eq!(
+        owners(h, &objects::data_volumes(), &prepared_dv).await,
+        vec![spec_uid],
+        "a prepared DataVolume is owned by its ImageVersionSpec"
+    );
+    let (uid, vm) = machine(h, 1).await;
+    let secret = objects::identity_name(&vm);
+    let disk = objects::disk_name(&vm);
+    for (ar, name) in [
+        (objects::virtual_machines(), &vm),
+        (ApiResource::erase::<Secret>(&()), &secret),
+    ] {
+        assert_eq!(owners(h, &ar, name).await, vec![uid.clone()], "{name}");
+    }
+
+    // The watch: KubeVirt (here the test, the stand-in stopped) changes a VM's printable
+    // status, nothing else changes, and the ProvVM shows it.
+    drop(standin);
+    let (_, third) = machine(h, 2).await;
+    let api: Api<DynamicObject> = Api::namespaced_with(
+        h.cluster.client.clone(),
+        &h.cluster.namespace,
+        &objects::virtual_machines(),
+    );
+    api.patch_status(
+        &third,
+        &PatchParams::default(),
+        &Patch::Merge(json!({"status": {"printableStatus": "ErrorDataVolumeNotFound"}})),
+    )
+    .await
+    .expect("status");
+    vm_status(h, MACHINES[2], "ErrorDataVolumeNotFound").await;
+
+    // The operator stopped: a foreground deletion of the ProvVM lets the garbage collector
+    // remove its VirtualMachine and Secret, and through them its DataVolume and PVC.
+    h.kill_operator();
+    let start = std::time::Instant::now();
+    machines
+        .delete(MACHINES[1], &DeleteParams::foreground())
+        .await
+        .expect("delete");
+    let bound = Duration::from_secs(60);
+    for (ar, name) in [
+        (objects::virtual_machines(), &vm),
+        (ApiResource::erase::<Secret>(&()), &secret),
+        (objects::data_volumes(), &disk),
+        (pvcs(), &disk),
+    ] {
+        gone(h, &ar, std::slice::from_ref(name), bound).await;
+    }
+    println!(
+        "operator stopped: the garbage collector removed {vm}, its Secret, DataVolume and PVC in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    let waiting = machines.get(MACHINES[1]).await.expect("ProvVM still there");
+    assert!(
+        waiting.metadata.deletion_timestamp.is_some(),
+        "the ProvVM waits for its finalizer"
+    );
+
+    // The namespace deleted (operator and stand-in back): nothing is left, no finalizer hangs.
+    let standin = start_standin(h);
+    h.start_operator();
+    let namespaces: Api<Namespace> = Api::all(h.cluster.client.clone());
+    let start = std::time::Instant::now();
+    namespaces
+        .delete(&h.cluster.namespace, &DeleteParams::default())
+        .await
+        .expect("delete namespace");
+    let bound = Duration::from_secs(120);
+    while namespaces
+        .get_opt(&h.cluster.namespace)
+        .await
+        .expect("get")
+        .is_some()
+    {
+        if start.elapsed() > bound {
+            let mut left = Vec::new();
+            for ar in [
+                objects::virtual_machines(),
+                objects::data_volumes(),
+                pvcs(),
+                ApiResource::erase::<Secret>(&()),
+                ApiResource::erase::<ProvVm>(&()),
+                ApiResource::erase::<ImageVersionSpec>(&()),
+                ApiResource::erase::<ProvScheme>(&()),
+            ] {
+                left.push(format!("{}: {:?}", ar.kind, names(h, &ar).await));
+            }
+            panic!(
+                "namespace still there after {bound:?}: {left:?}\n{}",
+                h.log_tail()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    println!(
+        "namespace deletion: gone with everything in it in {:.1} s",
+        start.elapsed().as_secs_f64()
+    );
+    for ar in [objects::virtual_machines(), objects::data_volumes(), pvcs()] {
+        assert!(names(h, &ar).await.is_empty(), "{} left", ar.kind);
+    }
     drop(standin);
     h.kill_operator();
 }

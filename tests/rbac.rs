@@ -62,6 +62,7 @@ const DEFINITION: &str = "win11";
 const NOT_EXERCISED: &[(&str, &str, &str, &str)] = &[
     ("kubevirt.io", "virtualmachines", "get", KUBEVIRT),
     ("kubevirt.io", "virtualmachines", "list", KUBEVIRT),
+    ("kubevirt.io", "virtualmachines", "watch", KUBEVIRT),
     ("kubevirt.io", "virtualmachines", "create", KUBEVIRT),
     ("kubevirt.io", "virtualmachines", "patch", KUBEVIRT),
     ("kubevirt.io", "virtualmachines", "delete", KUBEVIRT),

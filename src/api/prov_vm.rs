@@ -27,6 +27,7 @@ use super::common::{Condition, TaskStatus, conditions_schema, named_list_schema}
     ),
     printcolumn(name = "Update", type_ = "string", json_path = ".status.updateStatus"),
     printcolumn(name = "Power", type_ = "string", json_path = ".status.powerState"),
+    printcolumn(name = "VM Status", type_ = "string", json_path = ".status.vmStatus"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.task.taskState"),
     printcolumn(
         name = "Age",
@@ -152,6 +153,13 @@ pub struct ProvVmStatus {
     /// Actual power state.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub power_state: Option<PowerState>,
+    /// The hypervisor's own status of the machine, as it reports it: on KubeVirt the
+    /// VirtualMachine's `status.printableStatus` (`Running`, `Stopped`, `Provisioning`,
+    /// `ErrorDataVolumeNotFound`...). Unset when the backend has none (Local) or the machine is
+    /// not there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    pub vm_status: Option<String>,
     /// The machine's disks.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(schema_with = "named_list_schema::<MachineDisk>")]

@@ -7,12 +7,38 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use kube::{Client, ResourceExt};
-use mcs_backend::{Backend, BackendError, LocalBackend, LocalConfig, StorageRootConfig};
+use mcs_backend::{Backend, BackendError, LocalBackend, LocalConfig, Owner, StorageRootConfig};
 use mcs_kubevirt::{
     ClientSource, KubeVirtBackend, KubeVirtConfig, NetworkConfig, StorageClassConfig,
 };
 
-use crate::api::{ConnectionType, HostingUnit, HypervisorConnection};
+use crate::api::{ConnectionType, DeletionPolicy, HostingUnit, HypervisorConnection};
+
+impl From<DeletionPolicy> for mcs_backend::DeletionPolicy {
+    fn from(policy: DeletionPolicy) -> Self {
+        match policy {
+            DeletionPolicy::Delete => Self::Delete,
+            DeletionPolicy::Retain => Self::Retain,
+        }
+    }
+}
+
+/// `object` as the [`Owner`] of what a backend writes for it (KubeVirt: owner references in
+/// its namespace unless `policy` is `Retain`); `None` when it has no namespace, name or uid.
+pub fn owner<K>(object: &K, policy: DeletionPolicy) -> Option<Owner>
+where
+    K: kube::Resource<DynamicType = ()>,
+{
+    let meta = object.meta();
+    Some(Owner {
+        api_version: K::api_version(&()).into_owned(),
+        kind: K::kind(&()).into_owned(),
+        namespace: meta.namespace.clone()?,
+        name: meta.name.clone()?,
+        uid: meta.uid.clone()?,
+        policy: policy.into(),
+    })
+}
 
 /// A cached backend and the resource versions (hosting unit, connection) it was built from.
 type CachedBackend = (String, Arc<dyn Backend>);
@@ -22,15 +48,25 @@ type CachedBackend = (String, Arc<dyn Backend>);
 pub struct BackendRegistry {
     cache: Mutex<HashMap<String, CachedBackend>>,
     client: Option<Client>,
+    /// Notified when a `KubeVirt` backend on the operator's own cluster is built.
+    kubevirt_here: Arc<tokio::sync::Notify>,
 }
 
 impl BackendRegistry {
+    /// Resolves once a `KubeVirt` backend on the operator's own cluster has been built (at
+    /// once if one was before), so that watches of KubeVirt objects start only when used.
+    pub fn kubevirt_used(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let notify = self.kubevirt_here.clone();
+        async move { notify.notified().await }
+    }
+
     /// A registry whose `KubeVirt` backends use `client` (the operator's own cluster, or to
     /// read a remote cluster's kubeconfig Secret). Without a client, `KubeVirt` is refused.
     pub fn with_client(client: Client) -> Self {
         Self {
             cache: Mutex::default(),
             client: Some(client),
+            kubevirt_here: Arc::default(),
         }
     }
 
@@ -82,7 +118,10 @@ impl BackendRegistry {
                     .as_ref()
                     .and_then(|k| k.kubeconfig_secret_ref.as_ref())
                 {
-                    None => ClientSource::Own(client),
+                    None => {
+                        self.kubevirt_here.notify_one();
+                        ClientSource::Own(client)
+                    }
                     Some(secret) => ClientSource::Kubeconfig {
                         client,
                         namespace: connection.namespace().unwrap_or_default(),

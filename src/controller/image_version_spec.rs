@@ -827,6 +827,7 @@ async fn locate_prepare(
                 image_id: uid,
                 master: located.master_ref(),
                 target_storages: located.storages.clone(),
+                owner: super::backends::owner(spec, spec.spec.deletion_policy),
             },
             master: located,
         })

@@ -410,6 +410,7 @@ fn prepare_build(
         write_back_cache: write_back_cache(&config),
         clean_on_boot: config.clean_on_boot,
         prepared_image: root.join(&instance.path),
+        owner: super::backends::owner(machine, scheme.spec.deletion_policy),
     };
     Ok(Build {
         backend,
@@ -935,6 +936,13 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
         urgent = true;
     }
 
+    if !status.disks.is_empty() {
+        let reference = machine_ref(&machine, &scheme, first_storage(&status));
+        if let Some(seen) = vm_status(&ctx, &namespace, &scheme, reference).await {
+            urgent |= seen != old.vm_status;
+            status.vm_status = seen;
+        }
+    }
     if is_built(&machine) || status.provisioning_scheme_version.is_some() {
         status.update_status = Some(update_status(
             status.provisioning_scheme_version,
@@ -1065,6 +1073,34 @@ async fn set_power(
         tasks::run_once(backend.as_ref(), Operation::SetPower(request)).await?;
     }
     Ok(())
+}
+
+/// The hypervisor's status of the machine (KubeVirt: its VirtualMachine's printable status),
+/// `None` when it cannot be read now (the previous one is kept).
+async fn vm_status(
+    ctx: &VmContext,
+    namespace: &str,
+    scheme: &ProvScheme,
+    reference: MachineRef,
+) -> Option<Option<String>> {
+    let unit = lookup(&ctx.caches.units, namespace, &scheme.spec.hosting_unit_ref)?;
+    let connection = lookup(
+        &ctx.caches.connections,
+        namespace,
+        &unit.spec.connection_ref,
+    )?;
+    let backend = ctx
+        .base
+        .backends
+        .for_hosting_unit(&unit, &connection)
+        .ok()?;
+    match backend.machine_status(reference).await {
+        Ok(seen) => Some(seen),
+        Err(error) => {
+            tracing::debug!(%error, "machine status not read");
+            None
+        }
+    }
 }
 
 async fn spawn(ctx: &VmContext, key: &str, task: &TaskStatus, build: Build) {
@@ -1198,6 +1234,15 @@ pub async fn run(context: Arc<Context>) {
                         .map(|m| ObjectRef::from_obj(&*m))
                         .collect::<Vec<_>>()
                 },
+            )
+            .reconcile_on(
+                mcs_kubevirt::watch::printable_status_changes(
+                    context.backends.kubevirt_used(),
+                    context.client.clone(),
+                    context.config.namespace.clone(),
+                    ProvVm::kind(&()).into_owned(),
+                )
+                .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
             )
             .run(reconcile, error_policy, ctx)
             .for_each(|result| async move {

@@ -240,6 +240,7 @@ impl Env {
                         path: MASTER.into(),
                     },
                     target_storages: vec!["primary".into()],
+                    owner: None,
                 }),
             )
             .await

@@ -118,6 +118,7 @@ pub async fn bench(dir: &Path, image_mib: u64, clones: usize) -> Result<Figures,
                 path: r"XDHyp:\HostingUnits\hu\bench.vm\base.snapshot".into(),
             },
             target_storages: vec!["local".into()],
+            owner: None,
         }),
     )
     .await
@@ -150,6 +151,7 @@ pub async fn bench(dir: &Path, image_mib: u64, clones: usize) -> Result<Figures,
             write_back_cache: None,
             clean_on_boot: true,
             prepared_image: image.clone(),
+            owner: None,
         });
         ids.push(backend.start(op).await.map_err(|e| e.to_string())?);
     }

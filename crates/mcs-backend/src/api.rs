@@ -45,6 +45,17 @@ pub trait Backend: Send + Sync {
 
     /// Drops an ended operation's record (running ones are kept). Returns whether it was known.
     fn forget(&self, id: OperationId) -> BoxFuture<'_, bool>;
+
+    /// The hypervisor's own word for the machine's state (KubeVirt: its VirtualMachine's
+    /// `status.printableStatus`), read now; `None` when the backend has none or the machine does
+    /// not exist. The default, for backends with no such state (Local), is `None`.
+    fn machine_status(
+        &self,
+        machine: MachineRef,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        let _ = machine;
+        Box::pin(async { Ok(None) })
+    }
 }
 
 /// Polls `id` every `interval` until the operation has ended; returns its final status.
@@ -270,6 +281,30 @@ pub struct PrepareRequest {
     pub master: MasterRef,
     /// The storages (by name) that each get a verified copy; the first gets the consolidation.
     pub target_storages: Vec<String>,
+    /// The Kubernetes object the copies belong to (the ImageVersionSpec), if any.
+    #[serde(default)]
+    pub owner: Option<Owner>,
+}
+
+/// The Kubernetes object a request's results belong to. A backend that writes Kubernetes
+/// objects (KubeVirt) names it in them, and makes them owned by it (`ownerReferences`, so the
+/// cluster's garbage collector removes them with it) when they are in its namespace and its
+/// policy is [`DeletionPolicy::Delete`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Owner {
+    /// Its `apiVersion`, e.g. `mcs.imaging.dev/v1alpha1`.
+    pub api_version: String,
+    /// Its kind, e.g. `ProvVm`.
+    pub kind: String,
+    /// Its namespace.
+    pub namespace: String,
+    /// Its name.
+    pub name: String,
+    /// Its `metadata.uid`.
+    pub uid: String,
+    /// What its deletion does to the disks: with `Retain` nothing is made owned by it, so a
+    /// deletion the operator does not see (its finalizer removed by hand) keeps them.
+    pub policy: DeletionPolicy,
 }
 
 /// A prepared image and its copies.
@@ -341,6 +376,9 @@ pub struct MachineRequest {
     pub clean_on_boot: bool,
     /// The prepared image the overlay is backed by (a path a `Prepare` returned).
     pub prepared_image: PathBuf,
+    /// The Kubernetes object the machine belongs to (the ProvVM), if any.
+    #[serde(default)]
+    pub owner: Option<Owner>,
 }
 
 /// Names one machine.

@@ -64,7 +64,7 @@ pub use api::{
     Backend, BoxFuture, DeleteMachineRequest, DeleteOutcome, DeletePreparedRequest, DeletionPolicy,
     Inventory, InventoryRequest, MachineInfo, MachineProfileInfo, MachineRef, MachineRequest,
     MasterImageInfo, MasterRef, MeasureRequest, Measurement, Nic, Operation, OperationId,
-    OperationStatus, Output, PowerRequest, PrepareRequest, PreparedCopy, PreparedImage,
+    OperationStatus, Output, Owner, PowerRequest, PrepareRequest, PreparedCopy, PreparedImage,
     ServiceOffering, ServiceOfferingInfo, StorageInfo, WriteBackCache, run, wait,
 };
 pub use error::BackendError;

@@ -165,6 +165,7 @@ impl Fixture {
             image_id: id.into(),
             master: self.master(path),
             target_storages: targets.iter().map(|t| t.to_string()).collect(),
+            owner: None,
         }
     }
 
@@ -210,6 +211,7 @@ impl Fixture {
             }),
             clean_on_boot: true,
             prepared_image: image.to_path_buf(),
+            owner: None,
         }
     }
 

@@ -146,6 +146,17 @@ impl Backend for KubeVirtBackend {
     fn forget(&self, id: OperationId) -> BoxFuture<'_, bool> {
         Box::pin(async move { self.runner.forget(id) })
     }
+
+    fn machine_status(
+        &self,
+        machine: MachineRef,
+    ) -> BoxFuture<'_, Result<Option<String>, BackendError>> {
+        Box::pin(async move {
+            let vm = objects::machine_name(&machine.scheme, &machine.machine_name);
+            let found = self.inner.get(&objects::virtual_machines(), &vm).await?;
+            Ok(found.as_ref().and_then(status::printable_status))
+        })
+    }
 }
 
 /// The client of `source`'s cluster; for a remote cluster, its kubeconfig Secret is read.
@@ -264,6 +275,20 @@ impl Inner {
         self.dynamic(ar)
             .await?
             .patch(name, &params, &Patch::Apply(value))
+            .await
+            .map_err(|e| api_error(&format!("{} {}/{name}", ar.kind, self.ns()), &e))?;
+        Ok(())
+    }
+
+    /// Removes the owner references of object `name` of `ar`, so that it outlives its owners.
+    async fn disown(&self, ar: &ApiResource, name: &str) -> Result<(), BackendError> {
+        self.dynamic(ar)
+            .await?
+            .patch(
+                name,
+                &PatchParams::default().validation_strict(),
+                &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
+            )
             .await
             .map_err(|e| api_error(&format!("{} {}/{name}", ar.kind, self.ns()), &e))?;
         Ok(())
@@ -651,6 +676,7 @@ impl Inner {
                     storage_class: class,
                     size_bytes: m.size_bytes,
                 });
+                let dv = objects::with_owner(dv, self.ns(), r.owner.as_ref());
                 self.apply(&objects::data_volumes(), &dv).await?;
             }
             let target = self.prepared_path(s, &name);
@@ -782,6 +808,7 @@ impl Inner {
             TaskState::CreatingMachines,
             format!("writing VirtualMachine {vm}"),
         );
+        let owner = r.owner.as_ref();
         let secret = objects::identity_secret(
             self.ns(),
             &vm,
@@ -790,7 +817,11 @@ impl Inner {
             &r.domain,
             r.index,
         );
-        self.apply(&secret_resource(), &secret).await?;
+        self.apply(
+            &secret_resource(),
+            &objects::with_owner(secret, self.ns(), owner),
+        )
+        .await?;
         let spec = MachineSpec {
             namespace: self.ns().to_string(),
             name: vm.clone(),
@@ -808,7 +839,7 @@ impl Inner {
         };
         self.apply(
             &objects::virtual_machines(),
-            &objects::virtual_machine(&spec),
+            &objects::with_owner(objects::virtual_machine(&spec), self.ns(), owner),
         )
         .await?;
         self.wait_machine_disk(&disk, &info, p).await?;
@@ -906,14 +937,7 @@ impl Inner {
         let disk = objects::disk_name(&vm);
         if r.policy == DeletionPolicy::Retain && self.get(&pvc_resource(), &disk).await?.is_some() {
             // Without owners, the PVC outlives its DataVolume and VirtualMachine.
-            let api = Api::<PersistentVolumeClaim>::namespaced(self.client().await?, self.ns());
-            api.patch(
-                &disk,
-                &PatchParams::default().validation_strict(),
-                &Patch::Merge(json!({"metadata": {"ownerReferences": null}})),
-            )
-            .await
-            .map_err(|e| api_error(&format!("PersistentVolumeClaim {}/{disk}", self.ns()), &e))?;
+            self.disown(&pvc_resource(), &disk).await?;
             out.retained.push(info.disk.clone());
         }
         if self.delete(&objects::virtual_machines(), &vm).await? {
@@ -965,6 +989,11 @@ impl Inner {
         for (name, path) in found {
             match r.policy {
                 DeletionPolicy::Retain => {
+                    // Owned while the policy was `Delete`: the garbage collector would take
+                    // the DataVolume (and its PVC) with the spec.
+                    if self.get(&objects::data_volumes(), &name).await?.is_some() {
+                        self.disown(&objects::data_volumes(), &name).await?;
+                    }
                     if self.get(&pvc_resource(), &name).await?.is_some() {
                         out.retained.push(path);
                     }

@@ -15,17 +15,20 @@
 //!   and its identity as a cloud-init volume from a Secret the backend writes. Clean-on-boot
 //!   deletes the disk so KubeVirt clones it again; an update rebuilds the VirtualMachine.
 //! - Everything written is labelled `app.kubernetes.io/managed-by: mcs-operator` plus the
-//!   image, storage, scheme and machine it belongs to, and deleted by the delete operations
-//!   unless the policy is `Retain`.
+//!   image, storage, scheme and machine it belongs to, annotated with its owning mcs object,
+//!   owned by it (`ownerReferences`) when in the same namespace and the policy is `Delete`, and
+//!   deleted by the delete operations unless the policy is `Retain`.
 //!
 //! [`objects`] builds the objects and [`status`] reads CDI/KubeVirt statuses, both without I/O;
-//! [`backend`] is the thin I/O shell behind [`mcs_backend::Backend`].
+//! [`backend`] is the thin I/O shell behind [`mcs_backend::Backend`]; [`watch`] tells the
+//! operator which ProvVMs' VirtualMachines changed their printable status.
 
 #![warn(missing_docs)]
 
 pub mod backend;
 pub mod objects;
 pub mod status;
+pub mod watch;
 
 pub use backend::{
     ClientSource, KubeVirtBackend, KubeVirtConfig, NetworkConfig, StorageClassConfig, connect,

@@ -6,6 +6,7 @@
 use std::collections::BTreeMap;
 
 use kube::core::{ApiResource, GroupVersionKind};
+use mcs_backend::{DeletionPolicy, Owner};
 use serde_json::{Value, json};
 
 /// `app.kubernetes.io/managed-by` on every object the backend writes.
@@ -26,6 +27,10 @@ pub const ANNOTATION_SOURCE: &str = "mcs.imaging.dev/source";
 pub const ANNOTATION_PREPARED: &str = "mcs.imaging.dev/prepared-pvc";
 /// The field manager of the backend's server-side applies.
 pub const FIELD_MANAGER: &str = "mcs-operator-kubevirt";
+/// On every object written for an owner: `<kind>/<namespace>/<name>` of the owning mcs object
+/// (a ProvVM, an ImageVersionSpec), also when owner references cannot name it (another
+/// namespace, or `Retain`).
+pub const ANNOTATION_OWNER: &str = "mcs.imaging.dev/owner";
 
 fn resource(group: &str, version: &str, kind: &str, plural: &str) -> ApiResource {
     ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk(group, version, kind), plural)
@@ -406,6 +411,39 @@ pub fn identity_secret(
     })
 }
 
+/// `object` (in namespace `namespace`) marked as `owner`'s: annotation [`ANNOTATION_OWNER`]
+/// always, and `metadata.ownerReferences` naming the owner when it is in the same namespace
+/// (owner references cannot cross namespaces) and its policy is `Delete`, so the cluster's
+/// garbage collector removes the object with its owner. Without an owner, `object` unchanged.
+pub fn with_owner(mut object: Value, namespace: &str, owner: Option<&Owner>) -> Value {
+    let Some(o) = owner else {
+        return object;
+    };
+    let metadata = &mut object["metadata"];
+    metadata["annotations"][ANNOTATION_OWNER] =
+        json!(format!("{}/{}/{}", o.kind, o.namespace, o.name));
+    if o.namespace == namespace && o.policy == DeletionPolicy::Delete {
+        metadata["ownerReferences"] = json!([{
+            "apiVersion": o.api_version,
+            "kind": o.kind,
+            "name": o.name,
+            "uid": o.uid,
+            "controller": true,
+        }]);
+    }
+    object
+}
+
+/// The owner (`kind`, `namespace`, `name`) an object's [`ANNOTATION_OWNER`] names.
+pub fn owner_of(object: &Value) -> Option<(String, String, String)> {
+    let value = object["metadata"]["annotations"][ANNOTATION_OWNER].as_str()?;
+    let mut parts = value.splitn(3, '/');
+    let kind = parts.next()?.to_string();
+    let namespace = parts.next()?.to_string();
+    let name = parts.next()?.to_string();
+    Some((kind, namespace, name))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -536,5 +574,52 @@ mod tests {
                 .expect("valid json");
         assert_eq!(identity["machineIndex"], 1);
         assert_eq!(cloud_init("a", "").lines().nth(2), Some("fqdn: \"a\""));
+    }
+
+    fn owner(namespace: &str, policy: DeletionPolicy) -> Owner {
+        Owner {
+            api_version: "mcs.imaging.dev/v1alpha1".into(),
+            kind: "ProvVM".into(),
+            namespace: namespace.into(),
+            name: "vdi-001".into(),
+            uid: "u-1".into(),
+            policy,
+        }
+    }
+
+    #[test]
+    fn owner_references_only_within_the_namespace_and_without_retain() {
+        let vm = virtual_machine(&machine());
+        assert_eq!(with_owner(vm.clone(), "vms", None), vm);
+        let owned = with_owner(
+            vm.clone(),
+            "vms",
+            Some(&owner("vms", DeletionPolicy::Delete)),
+        );
+        let refs = &owned["metadata"]["ownerReferences"];
+        assert_eq!(refs[0]["kind"], "ProvVM");
+        assert_eq!(refs[0]["uid"], "u-1");
+        assert_eq!(refs[0]["controller"], true);
+        assert_eq!(
+            owner_of(&owned),
+            Some(("ProvVM".into(), "vms".into(), "vdi-001".into()))
+        );
+        assert_eq!(
+            owned["metadata"]["annotations"][ANNOTATION_PREPARED],
+            vm["metadata"]["annotations"][ANNOTATION_PREPARED],
+            "other annotations kept"
+        );
+        for (ns, policy) in [
+            ("other", DeletionPolicy::Delete),
+            ("vms", DeletionPolicy::Retain),
+        ] {
+            let marked = with_owner(vm.clone(), "vms", Some(&owner(ns, policy)));
+            assert!(
+                marked["metadata"]["ownerReferences"].is_null(),
+                "{ns} {policy:?}"
+            );
+            assert_eq!(owner_of(&marked).map(|o| o.1), Some(ns.to_string()));
+        }
+        assert_eq!(owner_of(&vm), None);
     }
 }

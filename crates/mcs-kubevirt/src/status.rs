@@ -145,9 +145,13 @@ pub fn instancetype_offering(instancetype: &Value) -> Option<ServiceOffering> {
     })
 }
 
-/// A VirtualMachine's `status.printableStatus` (`Stopped`, `Provisioning`, `Running`, ...).
+/// A VirtualMachine's `status.printableStatus` (`Running`, `Stopped`, `Provisioning`,
+/// `ErrorDataVolumeNotFound`...), if KubeVirt has set one.
 pub fn printable_status(vm: &Value) -> Option<String> {
-    vm["status"]["printableStatus"].as_str().map(str::to_string)
+    vm["status"]["printableStatus"]
+        .as_str()
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
 }
 
 #[cfg(test)]
