@@ -733,9 +733,21 @@ async fn kubevirt_failures_cancel_and_retain() {
     let dvs = names(&h, &objects::data_volumes()).await;
     assert!(!dvs.contains(&held), "canceled clone removed: {dvs:?}");
 
-    // Retain: deleting the finished spec keeps its PVCs.
+    // Retain: deleting the finished spec keeps its PVCs; nothing of it is owned by the spec, so
+    // the garbage collector cannot take them either.
     let (state, message) = state_of(&ended(&h, "p-retain").await);
     assert_eq!(state, TaskState::Finished, "{message}");
+    let retained_dv = objects::prepared_name(&retain_uid, "primary");
+    assert!(
+        owners(&h, &objects::data_volumes(), &retained_dv)
+            .await
+            .is_empty(),
+        "Retain: {retained_dv} not owned"
+    );
+    assert!(
+        objects::owner_of(&get(&h, &objects::data_volumes(), &retained_dv).await).is_some(),
+        "{retained_dv} names its owner"
+    );
     specs
         .delete("p-retain", &DeleteParams::default())
         .await
