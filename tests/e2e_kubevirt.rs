@@ -21,8 +21,8 @@ use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams
 use kube::core::ApiResource;
 use mcs_kubevirt::objects;
 use mcs_operator::api::{
-    ANNOTATION_CANCEL, ConnectionState, HypervisorConnection, ImageVersionSpec, PowerState,
-    ProvScheme, ProvVm, TaskState, UpdateStatus,
+    ANNOTATION_CANCEL, ConnectionState, HostingUnit, HypervisorConnection, ImageVersionSpec,
+    PowerState, ProvScheme, ProvVm, TaskState, UpdateStatus,
 };
 use serde_json::{Value, json};
 use support::cluster::{Mode, mode};
@@ -215,6 +215,14 @@ async fn world(test: &str) -> Option<(Harness, kubevirt_standin::StandIn)> {
         connection.status.expect("status").alerts.is_empty(),
         "no alerts"
     );
+    // The hosting unit's inventory lists its security group (examples/kubevirt: `vdi`).
+    h.wait::<HostingUnit>("lab", "1 security group in the inventory", |u| {
+        u.status
+            .as_ref()
+            .and_then(|s| s.inventory.as_ref())
+            .is_some_and(|i| i.security_groups == 1)
+    })
+    .await;
     Some((h, standin))
 }
 

@@ -139,6 +139,15 @@ impl BackendRegistry {
     }
 }
 
+/// The names of the hosting unit's security groups.
+fn security_groups(unit: &HostingUnit) -> Vec<String> {
+    unit.spec
+        .security_groups
+        .iter()
+        .map(|g| g.name.clone())
+        .collect()
+}
+
 /// The `Local` backend's settings for one hosting unit.
 pub fn local_config(
     unit: &HostingUnit,
@@ -178,12 +187,7 @@ pub fn local_config(
     Ok(LocalConfig {
         storages,
         networks: unit.spec.networks.iter().map(|n| n.name.clone()).collect(),
-        security_groups: unit
-            .spec
-            .security_groups
-            .iter()
-            .map(|g| g.name.clone())
-            .collect(),
+        security_groups: security_groups(unit),
         service_offerings: unit
             .spec
             .service_offerings
@@ -265,6 +269,7 @@ pub fn kubevirt_config(
                 attachment: n.backing.clone().filter(|b| !b.is_empty()),
             })
             .collect(),
+        security_groups: security_groups(unit),
         poll_interval: Duration::from_millis(500),
     })
 }

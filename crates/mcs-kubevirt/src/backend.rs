@@ -53,6 +53,9 @@ pub struct KubeVirtConfig {
     pub storages: Vec<StorageClassConfig>,
     /// The hosting unit's networks.
     pub networks: Vec<NetworkConfig>,
+    /// The hosting unit's security groups (by name): listed in the inventory so schemes can
+    /// name them; nothing is applied to the VirtualMachines (no NetworkPolicy is written).
+    pub security_groups: Vec<String>,
     /// How often DataVolumes are polled while CDI works.
     pub poll_interval: Duration,
 }
@@ -1035,6 +1038,12 @@ impl Inner {
                     .push(format!("XDHyp:\\HostingUnits\\{hu}\\{}.network", n.name));
             }
         }
+        inventory.security_groups = self
+            .config
+            .security_groups
+            .iter()
+            .map(|g| format!("XDHyp:\\HostingUnits\\{hu}\\{g}.securitygroup"))
+            .collect();
         for it in self.list(&objects::cluster_instancetypes()).await? {
             if let Some(offering) = status::instancetype_offering(&it) {
                 inventory.service_offerings.push(ServiceOfferingInfo {
