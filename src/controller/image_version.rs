@@ -32,7 +32,7 @@ use super::status::{apply_status, field_manager};
 use super::tasks::{publish, report_blocked_deletion};
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
-    ImageDefinition, ImageStatus, ImageVersion, ImageVersionSpec, ImageVersionStatus,
+    ImageDefinition, ImageStatus, ImageVersion, ImageVersionSpec, ImageVersionStatus, ProvScheme,
     condition_type,
 };
 
@@ -387,6 +387,17 @@ async fn cleanup(version: Arc<ImageVersion>, context: &Context) -> Result<Action
     Err(error)
 }
 
+/// Whether an event of `scheme` can change the `provisioningSchemeCount` of its namespace's
+/// versions: a new scheme (no status yet), a changed spec (which may name another prepared
+/// image), or a scheme being deleted (its last event is its removal). The status writes of a
+/// running scheme, by far the most frequent events, cannot.
+fn changes_scheme_count(scheme: &ProvScheme) -> bool {
+    let observed = scheme.status.as_ref().and_then(|s| s.observed_generation);
+    scheme.metadata.deletion_timestamp.is_some()
+        || observed.is_none()
+        || observed != scheme.metadata.generation
+}
+
 fn error_policy(
     _version: Arc<ImageVersion>,
     error: &ControllerError,
@@ -401,6 +412,7 @@ pub async fn run(context: Arc<Context>) {
     let controller =
         Controller::new(versions, watcher_config()).trigger_backoff(super::trigger_backoff());
     let store = controller.store();
+    let scheme_store = store.clone();
     context.caches.track(CONTROLLER, store.clone());
     controller
         .watches(
@@ -410,6 +422,22 @@ pub async fn run(context: Arc<Context>) {
                 spec.namespace().map(|ns| {
                     ObjectRef::<ImageVersion>::new(&spec.spec.image_version_ref).within(&ns)
                 })
+            },
+        )
+        .watches(
+            context.watched_api::<ProvScheme>(),
+            watcher_config(),
+            move |scheme: ProvScheme| {
+                let namespace = scheme.namespace();
+                let versions = if changes_scheme_count(&scheme) {
+                    scheme_store.state()
+                } else {
+                    Vec::new()
+                };
+                versions
+                    .into_iter()
+                    .filter(move |v| v.namespace() == namespace)
+                    .map(|v| ObjectRef::from_obj(v.as_ref()))
             },
         )
         .watches(
@@ -467,6 +495,38 @@ mod tests {
         assert_eq!(next_version(&after_deletes, None, None, "a"), (5, None));
         // An annotation removed by hand cannot make numbers go back.
         assert_eq!(next_version(&none, Some(9), Some(3), "c").0, 10);
+    }
+
+    #[test]
+    fn only_scheme_events_that_can_change_the_count_trigger_versions() {
+        use crate::api::ProvSchemeStatus;
+        let mut scheme: ProvScheme = serde_json::from_value(serde_json::json!({
+            "apiVersion": "mcs.imaging.dev/v1alpha1", "kind": "ProvScheme",
+            "metadata": {"name": "s", "namespace": "ns", "generation": 2},
+            "spec": {"imageVersionSpecRef": "p", "hostingUnitRef": "lab",
+                     "identityPoolRef": "pool", "vmCpuCount": 1, "vmMemoryMB": 1024,
+                     "networkMapping": {"0": "XDHyp:\\\\HostingUnits\\\\lab\\\\lan.network"}},
+        }))
+        .expect("a scheme");
+        assert!(changes_scheme_count(&scheme), "new: no status yet");
+        scheme.status = Some(ProvSchemeStatus {
+            observed_generation: Some(1),
+            ..Default::default()
+        });
+        assert!(changes_scheme_count(&scheme), "its spec changed");
+        scheme.status.as_mut().expect("status").observed_generation = Some(2);
+        assert!(
+            !changes_scheme_count(&scheme),
+            "a status write of a running scheme"
+        );
+        scheme.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                Timestamp::from_second(1).expect("t"),
+            ));
+        assert!(
+            changes_scheme_count(&scheme),
+            "being deleted, and its removal"
+        );
     }
 
     #[test]

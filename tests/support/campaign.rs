@@ -11,12 +11,15 @@ use k8s_openapi::api::apps::v1::ControllerRevision;
 use kube::api::{Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams};
 use kube::{Client, ResourceExt};
 use mcs_operator::api::{
-    IdentityPool, ImageVersionSpec, LABEL_PROVSCHEME, PowerState, ProvScheme, ProvVm, TaskState,
-    UpdateStatus,
+    IdentityPool, ImageVersion, ImageVersionSpec, LABEL_PROVSCHEME, PowerState, ProvScheme, ProvVm,
+    TaskState, UpdateStatus,
 };
 use serde_json::{Value, json};
 
 use super::operator::{Harness, PREPARED, SCHEME, ready, task_state};
+
+/// The examples' image version, which the prepared spec belongs to.
+const IMAGE_VERSION: &str = "win11-2026-11";
 
 /// How big one life is.
 #[derive(Clone, Copy, Debug)]
@@ -673,8 +676,32 @@ pub async fn life(h: &mut Harness, kills: &mut Kills, sizes: Sizes, timeout: Dur
         }
     })
     .await;
-    // Let the last writes land before the final look.
+    // Let the last writes land before the final look. Kills left over from a step that ended
+    // sooner than in the reference fire here, so the image version's counts (which the
+    // operator updates when the spec's removal reaches it, or at its start after a kill) are
+    // awaited rather than assumed.
     pause(h, kills, Duration::from_secs(1)).await;
+    until(
+        h,
+        kills,
+        "the image version counts what is left",
+        timeout,
+        |w| async move {
+            let version = w
+                .api::<ImageVersion>()
+                .get(IMAGE_VERSION)
+                .await
+                .map_err(|e| e.to_string())?;
+            let status = version.status.unwrap_or_default();
+            let counts = (status.specs_count, status.provisioning_scheme_count);
+            if status.observed_generation == version.metadata.generation && counts == (1, 0) {
+                Ok(())
+            } else {
+                Err(format!("specs and schemes counted: {counts:?}"))
+            }
+        },
+    )
+    .await;
     snapshots.push(milestone(h, "end", &mut names).await);
     steps.push(step_started.elapsed());
     Life {
