@@ -429,8 +429,26 @@ async fn kubevirt_examples_prepare_images_and_machines() {
     let before = disk_uid(get(&h, &objects::data_volumes(), &disk).await);
     power(&h, MACHINES[0], "Running").await;
     wait_vm(&h, &vm_name, "Running").await;
-    let after = disk_uid(get(&h, &objects::data_volumes(), &disk).await);
-    assert_ne!(before, after, "clean-on-boot recreated {disk}");
+    // The VM can show Running from a look at the old disk taken just before it was deleted, so
+    // the new disk is awaited rather than read once.
+    let deadline = std::time::Instant::now() + h.timeout;
+    let dvs: Api<DynamicObject> = Api::namespaced_with(
+        h.cluster.client.clone(),
+        &h.cluster.namespace,
+        &objects::data_volumes(),
+    );
+    loop {
+        let now = dvs.get_opt(&disk).await.expect("get the disk");
+        let after = now.map(|dv| disk_uid(serde_json::to_value(dv).expect("json")));
+        if after.as_ref().is_some_and(|uid| *uid != before) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "clean-on-boot did not recreate {disk} (uid before {before}, now {after:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 
     // Deleting the prepared spec while the scheme's machines use it is refused.
     let specs: Api<ImageVersionSpec> = h.api();

@@ -327,7 +327,11 @@ impl World {
         for t in &templates {
             let dv_name = t["metadata"]["name"].as_str().unwrap_or_default();
             match dvs.iter().find(|d| d["metadata"]["name"] == dv_name) {
-                Some(dv) => ready &= dv["status"]["phase"] == "Succeeded",
+                // A disk on its way out (clean-on-boot) does not make the VM ready.
+                Some(dv) => {
+                    ready &= dv["status"]["phase"] == "Succeeded"
+                        && dv["metadata"]["deletionTimestamp"].is_null();
+                }
                 None => {
                     ready = false;
                     let dv = json!({
