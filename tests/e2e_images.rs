@@ -6,6 +6,7 @@
 
 mod support;
 
+use futures::FutureExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -114,13 +115,17 @@ impl Env {
     fn run_controllers(&mut self, context: Arc<Context>) {
         self.stop();
         self.controllers = Some(tokio::spawn(async move {
-            tokio::join!(
-                connection::run(context.clone()),
-                hosting_unit::run(context.clone()),
-                image_definition::run(context.clone()),
-                image_version::run(context.clone()),
-                image_version_spec::run(context),
-            );
+            mcs_operator::controller::run_controllers(
+                context.clone(),
+                vec![
+                    connection::run(context.clone()).boxed(),
+                    hosting_unit::run(context.clone()).boxed(),
+                    image_definition::run(context.clone()).boxed(),
+                    image_version::run(context.clone()).boxed(),
+                    image_version_spec::run(context).boxed(),
+                ],
+            )
+            .await;
         }));
     }
 

@@ -19,8 +19,8 @@ use mcs_domain::Reason as _;
 use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 
 use super::conditions::{DesiredCondition, merge};
+use super::events::publish;
 use super::status::{apply_status, field_manager};
-use super::tasks::publish;
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     ConnectionState, ConnectionType, HypervisorConnection, HypervisorConnectionSpec,

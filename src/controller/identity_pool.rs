@@ -14,8 +14,8 @@ use mcs_domain::Reason;
 use mcs_domain::naming::{NamingError, NamingScheme};
 
 use super::conditions::{DesiredCondition, merge};
+use super::events::publish;
 use super::status::{apply_status, field_manager};
-use super::tasks::publish;
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     IdentityPool, IdentityPoolSpec, IdentityPoolStatus, ProvScheme, ProvVm, condition_type,

@@ -18,10 +18,11 @@ use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
 use super::conditions::{DesiredCondition, merge};
+use super::events::publish;
 use super::image_version::{ANNOTATION_LAST_VERSION, Counter};
 use super::image_version_spec::{schemes_and_machines, users_of_specs};
 use super::status::{apply_status, field_manager};
-use super::tasks::{publish, report_blocked_deletion};
+use super::tasks::report_blocked_deletion;
 use super::{Context, ControllerError, requeue_after_error, watcher_config};
 use crate::api::{
     HypervisorConnection, ImageDefinition, ImageDefinitionSpec, ImageDefinitionStatus,

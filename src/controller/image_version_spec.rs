@@ -38,9 +38,10 @@ use mcs_domain::rules::{
 use mcs_domain::task::{TaskState, TaskStatus, TaskType};
 
 use super::conditions::{DesiredCondition, merge};
+use super::events::publish;
 use super::status::{apply_status, field_manager};
 use super::tasks::{
-    TaskAction, TaskAnnotations, decide_task_action, follow_snapshot, publish, remove_annotations,
+    TaskAction, TaskAnnotations, decide_task_action, follow_snapshot, remove_annotations,
     report_blocked_deletion, run_once,
 };
 use super::{Context, ControllerError, requeue_after_error, watcher_config};

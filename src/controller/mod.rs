@@ -8,6 +8,7 @@ pub mod backends;
 pub mod conditions;
 pub mod connection;
 pub mod error;
+pub mod events;
 pub mod hosting_unit;
 pub mod identity_pool;
 pub mod image_definition;
@@ -18,6 +19,7 @@ pub mod prov_vm;
 pub mod readiness;
 pub mod scheme_versions;
 pub mod status;
+pub mod stores;
 pub mod strict;
 pub mod tasks;
 pub mod update_window;
@@ -25,6 +27,8 @@ pub mod update_window;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::FutureExt;
+use futures::future::BoxFuture;
 use kube::Client;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::watcher;
@@ -73,6 +77,8 @@ pub struct Context {
     pub tasks: tasks::TaskRunner,
     /// Whether each controller's cache has synced (for `/readyz`).
     pub caches: readiness::CacheReadiness,
+    /// The shared caches every controller reads from and is triggered by.
+    pub stores: stores::Stores,
 }
 
 impl Context {
@@ -85,6 +91,7 @@ impl Context {
         Arc::new(Self {
             recorder: Recorder::new(client.clone(), reporter),
             backends: backends::BackendRegistry::with_client(client.clone()),
+            stores: stores::Stores::new(&client, config.namespace.as_deref()),
             client,
             tasks: tasks::TaskRunner::new(config.max_concurrent_tasks, config.progress_interval),
             caches: readiness::CacheReadiness::default(),
@@ -199,41 +206,45 @@ impl kube::runtime::utils::Backoff for TriggerBackoff {
     }
 }
 
-/// Logs an error of a controller's run stream. A failed watch (the API server unreachable or
-/// restarting, a 410 Expired to relist from) is logged as a warning at most once per
-/// [`WATCH_WARNING_INTERVAL`] per controller, saying how many more were folded into it, so an
-/// outage says what happens without a line per watch and retry; other errors were logged by the
-/// error policy already and go to debug.
+/// Logs an error of a controller's run stream: a failed watch as [`log_watch_error`] does;
+/// other errors were logged by the error policy already and go to debug.
 pub fn log_run_error<E: std::fmt::Display>(
     controller: &'static str,
     error: &kube::runtime::controller::Error<E, watcher::Error>,
 ) {
+    match error {
+        kube::runtime::controller::Error::QueueError(watch) => log_watch_error(controller, watch),
+        _ => tracing::debug!(controller, %error, "reconcile error"),
+    }
+}
+
+/// Logs a failed watch (the API server unreachable or restarting, a 410 Expired to relist
+/// from) as a warning at most once per [`WATCH_WARNING_INTERVAL`] per watcher, saying how many
+/// more were folded into it, so an outage says what happens without a line per watch and
+/// retry.
+pub fn log_watch_error(watcher: &'static str, error: &watcher::Error) {
     use std::collections::HashMap;
     use std::sync::{LazyLock, Mutex};
     static LAST: LazyLock<Mutex<HashMap<&'static str, (std::time::Instant, u64)>>> =
         LazyLock::new(Mutex::default);
-    let kube::runtime::controller::Error::QueueError(watch) = error else {
-        tracing::debug!(controller, %error, "reconcile error");
-        return;
-    };
     let mut last = LAST
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let now = std::time::Instant::now();
-    match last.get_mut(controller) {
+    match last.get_mut(watcher) {
         Some((at, folded)) if now.duration_since(*at) < WATCH_WARNING_INTERVAL => {
             *folded += 1;
-            tracing::debug!(controller, error = %watch, "watch failed again; retrying");
+            tracing::debug!(watcher, %error, "watch failed again; retrying");
         }
         entry => {
             let folded = entry.map_or(0, |(_, folded)| *folded);
             tracing::warn!(
-                controller,
-                error = %watch,
+                watcher,
+                %error,
                 folded,
                 "watch of the API server failed; retrying with backoff (folded: failures since the last such line)"
             );
-            last.insert(controller, (now, 0));
+            last.insert(watcher, (now, 0));
         }
     }
 }
@@ -249,16 +260,36 @@ pub async fn run(client: Client, config: OperatorConfig) {
 /// Runs every controller with `context` (whose task runner and cache readiness the caller
 /// keeps, to stop the jobs at shutdown and to report readiness).
 pub async fn run_with(context: Arc<Context>) {
-    tokio::join!(
-        identity_pool::run(context.clone()),
-        connection::run(context.clone()),
-        hosting_unit::run(context.clone()),
-        image_definition::run(context.clone()),
-        image_version::run(context.clone()),
-        image_version_spec::run(context.clone()),
-        prov_scheme::run(context.clone()),
-        prov_vm::run(context),
-    );
+    run_controllers(
+        context.clone(),
+        vec![
+            identity_pool::run(context.clone()).boxed(),
+            connection::run(context.clone()).boxed(),
+            hosting_unit::run(context.clone()).boxed(),
+            image_definition::run(context.clone()).boxed(),
+            image_version::run(context.clone()).boxed(),
+            image_version_spec::run(context.clone()).boxed(),
+            prov_scheme::run(context.clone()).boxed(),
+            prov_vm::run(context).boxed(),
+        ],
+    )
+    .await;
+}
+
+/// Runs `controllers` (some of this module's `run` futures, all made from `context`) beside
+/// the shared caches' watches, until every controller has ended.
+pub async fn run_controllers(context: Arc<Context>, controllers: Vec<BoxFuture<'static, ()>>) {
+    // The watches run until the controllers end (forever, unless they are dropped); a
+    // second `run_controllers` on the same context shares the first one's watches.
+    let stores = async move {
+        context.stores.run().await;
+        futures::future::pending::<()>().await;
+    };
+    futures::future::select(
+        stores.boxed(),
+        futures::future::join_all(controllers).boxed(),
+    )
+    .await;
 }
 
 #[cfg(test)]

@@ -33,6 +33,7 @@ use mcs_domain::task::{TaskState, TaskStatus, TaskType};
 use serde_json::json;
 
 use super::conditions::{DesiredCondition, merge};
+use super::events;
 use super::status::{apply_status, field_manager};
 use super::{Context, ControllerError, watcher_config};
 use super::{scheme_versions, tasks};
@@ -437,16 +438,6 @@ async fn references(
     })
 }
 
-fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
-    Event {
-        type_,
-        reason: reason.into(),
-        note: Some(note),
-        action: action.into(),
-        secondary: None,
-    }
-}
-
 async fn set_finalizers(
     api: &Api<ProvScheme>,
     scheme: &ProvScheme,
@@ -637,7 +628,7 @@ async fn reconcile(
         ..current_status.clone()
     };
     let mut conditions: Vec<DesiredCondition> = Vec::new();
-    let mut events: Vec<Event> = Vec::new();
+    let mut notices: Vec<Event> = Vec::new();
     let config = scheme_versions::configuration(&scheme.spec)?;
     let machines = machines_of(&context, &namespace, &name).await?;
     let referenced: BTreeSet<u32> = machines
@@ -659,7 +650,7 @@ async fn reconcile(
                 != status.task.as_ref().map(|t| &t.task_id)
         {
             let reason = errors.first().map_or("UnexpectedError", Reason::reason);
-            events.push(event(
+            notices.push(events::event(
                 EventType::Warning,
                 reason,
                 "CreateScheme",
@@ -686,7 +677,7 @@ async fn reconcile(
                         && c.observed_generation == scheme.metadata.generation
                 });
                 if !seen {
-                    events.push(event(
+                    notices.push(events::event(
                         EventType::Warning,
                         reason,
                         "UpdateScheme",
@@ -718,7 +709,7 @@ async fn reconcile(
                     scheme_versions::create(&revisions, &scheme, n, &config, &change.changes)
                         .await
                         .map_err(|e| ControllerError::Versions(e.to_string()))?;
-                    events.push(event(
+                    notices.push(events::event(
                         EventType::Normal,
                         "VersionCreated",
                         "UpdateScheme",
@@ -726,7 +717,7 @@ async fn reconcile(
                     ));
                 }
                 if let Decision::Revert(n) = change.plan.decision() {
-                    events.push(event(
+                    notices.push(events::event(
                         EventType::Normal,
                         "VersionReverted",
                         "UpdateScheme",
@@ -745,7 +736,7 @@ async fn reconcile(
                     scheme_versions::delete(&revisions, &name, *pruned).await?;
                 }
                 if !change.plan.delete().is_empty() {
-                    events.push(event(
+                    notices.push(events::event(
                         EventType::Normal,
                         "VersionsPruned",
                         "UpdateScheme",
@@ -790,7 +781,7 @@ async fn reconcile(
                         && c.message == message
                 });
                 if !seen {
-                    events.push(event(
+                    notices.push(events::event(
                         EventType::Warning,
                         error.reason(),
                         "UpdateScheme",
@@ -989,18 +980,9 @@ async fn reconcile(
             .patch(&name, &super::strict::patch(), &Patch::Merge(&patch))
             .await?;
     }
-    for e in events {
+    for e in notices {
         tracing::info!(scheme = %name, reason = %e.reason, note = ?e.note, "event");
-        let note = e.note.unwrap_or_default();
-        tasks::publish(
-            &context,
-            scheme.as_ref(),
-            e.type_,
-            &e.reason,
-            &e.action,
-            note,
-        )
-        .await;
+        events::publish_event(&context, scheme.as_ref(), e).await;
     }
     if let Verdict::Wait(_) = verdict {
         return Ok(Action::requeue(Duration::from_secs(5)));

@@ -34,6 +34,7 @@ use serde::de::DeserializeOwned;
 use serde_json::json;
 
 use super::conditions::{DesiredCondition, merge};
+use super::events;
 use super::prov_scheme::leaf_name;
 use super::scheme_versions::{self, revision_name};
 use super::status::{apply_status, field_manager};
@@ -564,7 +565,7 @@ async fn report_provenance(
         apply_status(api, machine, &field_manager(CONTROLLER), &status).await?;
     }
     if was.as_ref() != Some(&(reason.to_owned(), message.clone())) {
-        tasks::publish(
+        events::publish(
             &ctx.base,
             machine,
             EventType::Warning,
@@ -631,7 +632,7 @@ async fn cleanup(
             match tasks::run_once(backend.as_ref(), Operation::DeleteMachine(request)).await {
                 Ok(_) | Err(mcs_backend::BackendError::MachineNotFound { .. }) => {}
                 Err(error) => {
-                    tasks::publish(
+                    events::publish(
                         &ctx.base,
                         machine,
                         EventType::Warning,
@@ -773,7 +774,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                             machine.spec.power_state == DesiredPowerState::Running,
                         )
                         .await?;
-                        tasks::publish(
+                        events::publish(
                             &ctx.base,
                             machine.as_ref(),
                             EventType::Normal,
@@ -817,7 +818,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                             task.fail(state, error.to_string(), now)
                                 .map_err(|e| ControllerError::Task(e.to_string()))?;
                         }
-                        tasks::publish(
+                        events::publish(
                             &ctx.base,
                             machine.as_ref(),
                             EventType::Warning,
@@ -903,7 +904,7 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
                     let backend = ctx.base.backends.for_hosting_unit(&unit, &connection)?;
                     let reference = machine_ref(&machine, &scheme, first_storage(&status));
                     tasks::run_once(backend.as_ref(), Operation::ResetMachine(reference)).await?;
-                    tasks::publish(
+                    events::publish(
                         &ctx.base,
                         machine.as_ref(),
                         EventType::Normal,

@@ -27,14 +27,14 @@ use std::time::{Duration, Instant};
 
 use jiff::Timestamp;
 use kube::Resource;
-use kube::runtime::events::{Event, EventType};
+use kube::runtime::events::EventType;
 use mcs_backend::{Backend, BackendError, Operation, OperationId, Output};
 use mcs_domain::Reason;
 use mcs_domain::task::{TaskError, TaskState, TaskStatus};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 
-use super::conditions::{DesiredCondition, merge, truncate};
+use super::conditions::{DesiredCondition, merge};
 use super::{Context, ControllerError};
 use crate::api::{ANNOTATION_CANCEL, ANNOTATION_RETRY, Condition, condition_type};
 
@@ -454,29 +454,6 @@ pub fn follow_snapshot(
     Ok(())
 }
 
-/// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
-pub async fn publish<K>(
-    context: &Context,
-    obj: &K,
-    type_: EventType,
-    reason: &str,
-    action: &str,
-    note: String,
-) where
-    K: Resource<DynamicType = ()>,
-{
-    let event = Event {
-        type_,
-        reason: reason.to_string(),
-        note: Some(truncate(&note, 1000)),
-        action: action.to_string(),
-        secondary: None,
-    };
-    if let Err(error) = context.recorder.publish(&event, &obj.object_ref(&())).await {
-        tracing::debug!(%error, reason, "event not published");
-    }
-}
-
 /// Reports a deletion that waits for the objects still using `obj`: `Ready=False` with the
 /// error's reason and message, and a Warning Event, both only when the condition changes.
 /// `write_status` gets the merged conditions and writes the kind's status with them.
@@ -505,7 +482,7 @@ where
     );
     if conditions != current {
         write_status(conditions).await?;
-        publish(
+        super::events::publish(
             context,
             obj,
             EventType::Warning,

@@ -5,6 +5,7 @@
 
 #![allow(dead_code)]
 
+use futures::FutureExt;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -113,7 +114,14 @@ impl Env {
         } else {
             let context = Context::new(env.client.clone(), config);
             env.controllers = Some(tokio::spawn(async move {
-                tokio::join!(prov_scheme::run(context.clone()), prov_vm::run(context));
+                mcs_operator::controller::run_controllers(
+                    context.clone(),
+                    vec![
+                        prov_scheme::run(context.clone()).boxed(),
+                        prov_vm::run(context).boxed(),
+                    ],
+                )
+                .await;
             }));
         }
         env

@@ -1,0 +1,81 @@
+//! Kubernetes Events about the operator's objects: one helper to publish them, and the
+//! summaries that let one Event stand for a whole batch (one per batch of machines, not one
+//! per machine).
+
+use kube::Resource;
+use kube::runtime::events::{Event, EventType};
+
+use super::Context;
+use super::conditions::truncate;
+
+/// The longest note an Event gets (the API server allows 1 KiB).
+const NOTE_LIMIT: usize = 1000;
+
+/// An Event of `type_` with `reason`, `action` and `note`.
+pub fn event(type_: EventType, reason: &str, action: &str, note: String) -> Event {
+    Event {
+        type_,
+        reason: reason.into(),
+        note: Some(truncate(&note, NOTE_LIMIT)),
+        action: action.into(),
+        secondary: None,
+    }
+}
+
+/// Publishes an Event about `obj`; a failure to publish is logged, never fatal.
+pub async fn publish<K>(
+    context: &Context,
+    obj: &K,
+    type_: EventType,
+    reason: &str,
+    action: &str,
+    note: String,
+) where
+    K: Resource<DynamicType = ()>,
+{
+    publish_event(context, obj, event(type_, reason, action, note)).await;
+}
+
+/// Publishes `event` about `obj`; a failure to publish is logged, never fatal.
+pub async fn publish_event<K>(context: &Context, obj: &K, event: Event)
+where
+    K: Resource<DynamicType = ()>,
+{
+    if let Err(error) = context.recorder.publish(&event, &obj.object_ref(&())).await {
+        tracing::debug!(%error, reason = %event.reason, "event not published");
+    }
+}
+
+/// `names` as one short list for an Event note: the first `shown` in full, then how many more
+/// (`VDI-001, VDI-002 and 98 more`).
+pub fn summarize(names: &[String], shown: usize) -> String {
+    match names.len() {
+        0 => String::new(),
+        n if n <= shown => names.join(", "),
+        n => format!("{} and {} more", names[..shown].join(", "), n - shown),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (1..=n).map(|i| format!("VDI-{i:03}")).collect()
+    }
+
+    #[test]
+    fn summaries_name_the_first_and_count_the_rest() {
+        assert_eq!(summarize(&[], 3), "");
+        assert_eq!(summarize(&names(2), 3), "VDI-001, VDI-002");
+        assert_eq!(summarize(&names(3), 3), "VDI-001, VDI-002, VDI-003");
+        assert_eq!(summarize(&names(100), 2), "VDI-001, VDI-002 and 98 more");
+    }
+
+    #[test]
+    fn notes_are_cut_to_what_the_api_server_takes() {
+        let note = "x".repeat(5000);
+        let event = event(EventType::Normal, "Created", "Create", note);
+        assert!(event.note.expect("a note").len() <= NOTE_LIMIT + 4);
+    }
+}
