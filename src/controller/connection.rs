@@ -13,15 +13,15 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use mcs_domain::Reason as _;
 use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 
 use super::conditions::{DesiredCondition, merge};
-use super::events::publish;
+use super::events;
 use super::status::{apply_status, field_manager};
-use super::{Context, ControllerError, requeue_after_error, watcher_config};
+use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
     ConnectionState, ConnectionType, HypervisorConnection, HypervisorConnectionSpec,
     HypervisorConnectionStatus, condition_type,
@@ -207,6 +207,50 @@ async fn gather(
     Ok(facts)
 }
 
+/// Decide (pure): the connection's status from what was found, and the Event to publish when
+/// its state or alerts change.
+pub fn desired_status(
+    connection: &HypervisorConnection,
+    facts: &ConnectionFacts,
+    now: Timestamp,
+) -> (HypervisorConnectionStatus, Option<Event>) {
+    let decision = decide(&connection.spec, facts);
+    let current = connection.status.clone().unwrap_or_default();
+    let generation = connection.metadata.generation;
+    let status = HypervisorConnectionStatus {
+        observed_generation: generation,
+        state: Some(decision.state),
+        alerts: decision.alerts.clone(),
+        conditions: merge(&current.conditions, &decision.conditions, generation, now),
+    };
+    let changed = current.state != status.state || current.alerts != status.alerts;
+    let event = changed.then(|| {
+        let (type_, reason) = match decision.state {
+            ConnectionState::On if decision.alerts.is_empty() => {
+                (EventType::Normal, "Available".to_string())
+            }
+            _ => (
+                EventType::Warning,
+                decision
+                    .conditions
+                    .iter()
+                    .find(|c| c.type_ == condition_type::DEGRADED)
+                    .map(|c| c.reason.clone())
+                    .unwrap_or_default(),
+            ),
+        };
+        let note = if decision.alerts.is_empty() {
+            format!("connection state {:?}", decision.state)
+        } else {
+            decision.alerts.join("; ")
+        };
+        events::event(type_, &reason, "Connect", note)
+    });
+    (status, event)
+}
+
+/// Read (`gather`) -> decide -> report: the status is written only when it changes; a
+/// connection with problems is looked at again within seconds.
 async fn reconcile(
     connection: Arc<HypervisorConnection>,
     context: Arc<Context>,
@@ -219,60 +263,20 @@ async fn reconcile(
             field: "namespace",
         })?;
     let facts = gather(&connection, &namespace, &context).await?;
-    let decision = decide(&connection.spec, &facts);
-    let current = connection.status.clone().unwrap_or_default();
-    let generation = connection.metadata.generation;
-    let status = HypervisorConnectionStatus {
-        observed_generation: generation,
-        state: Some(decision.state),
-        alerts: decision.alerts.clone(),
-        conditions: merge(
-            &current.conditions,
-            &decision.conditions,
-            generation,
-            Timestamp::now(),
-        ),
-    };
-    if status != current {
+    let (status, event) = desired_status(&connection, &facts, Timestamp::now());
+    if connection.status.as_ref() != Some(&status) {
         let api = context.api::<HypervisorConnection>(&namespace);
         apply_status(&api, &connection, &field_manager(CONTROLLER), &status).await?;
-        if current.state != status.state || current.alerts != status.alerts {
-            let (type_, reason) = match decision.state {
-                ConnectionState::On if decision.alerts.is_empty() => {
-                    (EventType::Normal, "Available".to_string())
-                }
-                _ => (
-                    EventType::Warning,
-                    decision
-                        .conditions
-                        .iter()
-                        .find(|c| c.type_ == condition_type::DEGRADED)
-                        .map(|c| c.reason.clone())
-                        .unwrap_or_default(),
-                ),
-            };
-            let note = if decision.alerts.is_empty() {
-                format!("connection state {:?}", decision.state)
-            } else {
-                decision.alerts.join("; ")
-            };
-            publish(
-                &context,
-                connection.as_ref(),
-                type_,
-                &reason,
-                "Connect",
-                note,
-            )
-            .await;
+        if let Some(event) = event {
+            events::publish_event(&context, connection.as_ref(), event).await;
         }
     }
-    let again = if decision.state == ConnectionState::On && decision.alerts.is_empty() {
+    let healthy = status.state == Some(ConnectionState::On) && status.alerts.is_empty();
+    Ok(Action::requeue(if healthy {
         context.config.resync
     } else {
         Duration::from_secs(10)
-    };
-    Ok(Action::requeue(again))
+    }))
 }
 
 fn error_policy(
@@ -285,12 +289,16 @@ fn error_policy(
 
 /// Runs the HypervisorConnection controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
-    let connections = context.watched_api::<HypervisorConnection>();
-    let controller =
-        Controller::new(connections, watcher_config()).trigger_backoff(super::trigger_backoff());
-    context.caches.track(CONTROLLER, controller.store());
-    controller
-        .run(reconcile, error_policy, context)
+    let connections = &context.stores.connections;
+    context
+        .caches
+        .track(CONTROLLER, connections.store().clone());
+    if !context.stores.ready().await {
+        return;
+    }
+    connections
+        .controller()
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 super::log_run_error(CONTROLLER, &error);

@@ -6,7 +6,8 @@ use kube::Resource;
 use kube::runtime::events::{Event, EventType};
 
 use super::Context;
-use super::conditions::truncate;
+use super::conditions::{DesiredCondition, truncate};
+use crate::api::Condition;
 
 /// The longest note an Event gets (the API server allows 1 KiB).
 const NOTE_LIMIT: usize = 1000;
@@ -46,6 +47,25 @@ where
     }
 }
 
+/// The Event announcing that the Ready condition becomes `ready` (Normal when it holds, Warning
+/// otherwise), or `None` when `current` already has Ready with that status and reason.
+pub fn ready_transition(
+    current: &[Condition],
+    ready: &DesiredCondition,
+    action: &str,
+) -> Option<Event> {
+    let status = if ready.status { "True" } else { "False" };
+    let unchanged = current
+        .iter()
+        .any(|c| c.type_ == ready.type_ && c.status == status && c.reason == ready.reason);
+    let type_ = if ready.status {
+        EventType::Normal
+    } else {
+        EventType::Warning
+    };
+    (!unchanged).then(|| event(type_, &ready.reason, action, ready.message.clone()))
+}
+
 /// `names` as one short list for an Event note: the first `shown` in full, then how many more
 /// (`VDI-001, VDI-002 and 98 more`).
 pub fn summarize(names: &[String], shown: usize) -> String {
@@ -70,6 +90,22 @@ mod tests {
         assert_eq!(summarize(&names(2), 3), "VDI-001, VDI-002");
         assert_eq!(summarize(&names(3), 3), "VDI-001, VDI-002, VDI-003");
         assert_eq!(summarize(&names(100), 2), "VDI-001, VDI-002 and 98 more");
+    }
+
+    #[test]
+    fn a_ready_change_is_announced_once() {
+        let now = jiff::Timestamp::now();
+        let failing = DesiredCondition::false_("Ready", "SnapshotNotFound", "gone");
+        let announced = ready_transition(&[], &failing, "Validate").expect("new");
+        assert_eq!(announced.type_, EventType::Warning);
+        assert_eq!(announced.note.as_deref(), Some("gone"));
+        let current =
+            super::super::conditions::merge(&[], std::slice::from_ref(&failing), Some(1), now);
+        assert!(ready_transition(&current, &failing, "Validate").is_none());
+        let healthy = DesiredCondition::true_("Ready", "Available", "ok");
+        let back = ready_transition(&current, &healthy, "Validate").expect("changed");
+        assert_eq!(back.type_, EventType::Normal);
+        assert_eq!(back.reason, "Available");
     }
 
     #[test]

@@ -9,18 +9,18 @@ use std::time::Duration;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Event;
 use kube::runtime::reflector::ObjectRef;
 use mcs_backend::{BackendError, Inventory, InventoryRequest, Operation, Output};
 use mcs_domain::Reason as _;
 use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 
 use super::conditions::{DesiredCondition, merge};
-use super::events::publish;
+use super::events;
 use super::status::{apply_status, field_manager};
 use super::tasks::run_once;
-use super::{Context, ControllerError, requeue_after_error, watcher_config};
+use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
     HostingUnit, HostingUnitInventory, HostingUnitSpec, HostingUnitStatus, HypervisorConnection,
     StorageInventory, condition_type,
@@ -148,22 +148,42 @@ async fn resolve(
     Ok(results)
 }
 
-async fn reconcile(
-    unit: Arc<HostingUnit>,
-    context: Arc<Context>,
-) -> Result<Action, ControllerError> {
-    let _timer = crate::metrics::global().reconcile(CONTROLLER);
-    let namespace = unit.namespace().ok_or(ControllerError::MissingMetadata {
-        kind: "HostingUnit",
-        field: "namespace",
-    })?;
-    let connection = context
-        .api::<HypervisorConnection>(&namespace)
-        .get_opt(&unit.spec.connection_ref)
-        .await?;
+/// What reconciling a unit found: its connection, and what the backend resolved.
+pub enum Observed {
+    /// `spec.connectionRef` names no connection of the namespace.
+    NoConnection,
+    /// The backend could not be reached or configured.
+    Unresolved(BackendError),
+    /// The backend's answer per storage.
+    Resolved(Vec<(String, StorageResult)>),
+}
+
+/// Read: the connection from the shared cache, then the backend's inventory of each storage.
+async fn read(unit: &HostingUnit, namespace: &str, context: &Context) -> Observed {
+    let Some(connection) = context
+        .stores
+        .connections
+        .get(namespace, &unit.spec.connection_ref)
+    else {
+        return Observed::NoConnection;
+    };
+    match resolve(unit, &connection, context).await {
+        Ok(results) => Observed::Resolved(results),
+        Err(error) => Observed::Unresolved(error),
+    }
+}
+
+/// Decide (pure): the unit's status from what was observed (a failure keeps the last
+/// inventory; free space that moved by less than the tolerance keeps its old figure), and the
+/// Event when Ready changes.
+pub fn desired_status(
+    unit: &HostingUnit,
+    observed: &Observed,
+    now: Timestamp,
+) -> (HostingUnitStatus, Option<Event>) {
     let current = unit.status.clone().unwrap_or_default();
-    let (inventory, conditions) = match &connection {
-        None => (
+    let (inventory, conditions) = match observed {
+        Observed::NoConnection => (
             current.inventory.clone(),
             unresolved(
                 "HypervisorConnectionNotFound",
@@ -173,70 +193,58 @@ async fn reconcile(
                 ),
             ),
         ),
-        Some(connection) => match resolve(&unit, connection, &context).await {
-            Ok(results) => {
-                let (inventory, conditions) = decide(&unit.spec, &results);
-                (Some(inventory), conditions)
-            }
-            Err(error) => (
-                current.inventory.clone(),
-                unresolved(error.reason(), format!("spec.storages: {error}")),
-            ),
-        },
+        Observed::Unresolved(error) => (
+            current.inventory.clone(),
+            unresolved(error.reason(), format!("spec.storages: {error}")),
+        ),
+        Observed::Resolved(results) => {
+            let (inventory, conditions) = decide(&unit.spec, results);
+            (Some(inventory), conditions)
+        }
     };
-    let generation = unit.metadata.generation;
     let inventory = inventory.map(|mut next| {
         if let Some(before) = &current.inventory {
             settle_free_bytes(before, &mut next);
         }
         next
     });
+    let generation = unit.metadata.generation;
+    let event = conditions
+        .iter()
+        .find(|c| c.type_ == condition_type::READY)
+        .and_then(|ready| events::ready_transition(&current.conditions, ready, "ResolveInventory"));
     let status = HostingUnitStatus {
         observed_generation: generation,
         inventory,
-        conditions: merge(
-            &current.conditions,
-            &conditions,
-            generation,
-            Timestamp::now(),
-        ),
+        conditions: merge(&current.conditions, &conditions, generation, now),
     };
-    let ready = conditions
-        .iter()
-        .find(|c| c.type_ == condition_type::READY)
-        .cloned();
-    if status != current {
+    (status, event)
+}
+
+/// Read -> decide -> report: the status is written only when it changes; a healthy unit is
+/// looked at again within a minute (free space), a failing one within seconds.
+async fn reconcile(
+    unit: Arc<HostingUnit>,
+    context: Arc<Context>,
+) -> Result<Action, ControllerError> {
+    let _timer = crate::metrics::global().reconcile(CONTROLLER);
+    let namespace = unit.namespace().ok_or(ControllerError::MissingMetadata {
+        kind: "HostingUnit",
+        field: "namespace",
+    })?;
+    let observed = read(&unit, &namespace, &context).await;
+    let (status, event) = desired_status(&unit, &observed, Timestamp::now());
+    if unit.status.as_ref() != Some(&status) {
         let api = context.api::<HostingUnit>(&namespace);
         apply_status(&api, &unit, &field_manager(CONTROLLER), &status).await?;
-        let was = current
-            .conditions
-            .iter()
-            .find(|c| c.type_ == condition_type::READY)
-            .map(|c| (c.status.clone(), c.reason.clone()));
-        if let Some(ready) = &ready {
-            let now = (
-                if ready.status { "True" } else { "False" }.to_string(),
-                ready.reason.clone(),
-            );
-            if was.as_ref() != Some(&now) {
-                let type_ = if ready.status {
-                    EventType::Normal
-                } else {
-                    EventType::Warning
-                };
-                publish(
-                    &context,
-                    unit.as_ref(),
-                    type_,
-                    &ready.reason,
-                    "ResolveInventory",
-                    ready.message.clone(),
-                )
-                .await;
-            }
+        if let Some(event) = event {
+            events::publish_event(&context, unit.as_ref(), event).await;
         }
     }
-    let healthy = ready.is_some_and(|r| r.status);
+    let healthy = status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition_type::READY && c.status == "True");
     Ok(Action::requeue(if healthy {
         context.config.resync.min(Duration::from_secs(60))
     } else {
@@ -254,20 +262,21 @@ fn error_policy(
 
 /// Runs the HostingUnit controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
-    let units = context.watched_api::<HostingUnit>();
-    let connections = context.watched_api::<HypervisorConnection>();
-    let controller =
-        Controller::new(units, watcher_config()).trigger_backoff(super::trigger_backoff());
-    let store = controller.store();
-    context.caches.track(CONTROLLER, store.clone());
-    controller
-        .watches(
-            connections,
-            watcher_config(),
-            move |connection: HypervisorConnection| {
+    let stores = &context.stores;
+    let units = stores.units.store().clone();
+    context.caches.track(CONTROLLER, units.clone());
+    if !stores.ready().await {
+        return;
+    }
+    stores
+        .units
+        .controller()
+        .watches_shared_stream(
+            stores.connections.subscribe(),
+            move |connection: Arc<HypervisorConnection>| {
                 let namespace = connection.namespace();
                 let name = connection.name_any();
-                store
+                units
                     .state()
                     .into_iter()
                     .filter(move |unit| {
@@ -276,7 +285,7 @@ pub async fn run(context: Arc<Context>) {
                     .map(|unit| ObjectRef::from_obj(unit.as_ref()))
             },
         )
-        .run(reconcile, error_policy, context)
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 super::log_run_error(CONTROLLER, &error);

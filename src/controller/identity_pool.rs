@@ -7,16 +7,16 @@ use std::sync::Arc;
 use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType};
 use kube::runtime::reflector::ObjectRef;
 use mcs_domain::Reason;
 use mcs_domain::naming::{NamingError, NamingScheme};
 
 use super::conditions::{DesiredCondition, merge};
-use super::events::publish;
+use super::events;
 use super::status::{apply_status, field_manager};
-use super::{Context, ControllerError, requeue_after_error, watcher_config};
+use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
     IdentityPool, IdentityPoolSpec, IdentityPoolStatus, ProvScheme, ProvVm, condition_type,
 };
@@ -51,6 +51,107 @@ pub fn decide(
     })
 }
 
+/// Read: the indices the machines of the pool's schemes hold, from the shared caches.
+fn read(pool: &IdentityPool, namespace: &str, context: &Context) -> BTreeSet<u64> {
+    let stores = &context.stores;
+    let users: BTreeSet<String> = stores
+        .schemes
+        .in_namespace(namespace)
+        .iter()
+        .filter(|s| s.spec.identity_pool_ref == pool.name_any())
+        .map(|s| s.name_any())
+        .collect();
+    stores
+        .machines
+        .in_namespace(namespace)
+        .iter()
+        .filter(|m| users.contains(&m.spec.prov_scheme_ref))
+        .filter_map(|m| u64::try_from(m.spec.machine_index).ok())
+        .collect()
+}
+
+/// Decide (pure): the status the pool should have, and the Warning Event to publish when the
+/// Ready condition changes to a failure (an exhausted pool, an invalid naming scheme).
+pub fn desired_status(
+    pool: &IdentityPool,
+    indices: &BTreeSet<u64>,
+    now: Timestamp,
+) -> (IdentityPoolStatus, Option<Event>) {
+    let current = pool.status.clone().unwrap_or_default();
+    let generation = pool.metadata.generation;
+    let (ready, counters) = match decide(&pool.spec, indices) {
+        Ok(decision) => (ready_condition(&pool.spec, &decision), Some(decision)),
+        Err(error) => (
+            DesiredCondition::false_(
+                condition_type::READY,
+                error.reason(),
+                format!("spec.namingScheme: {error}"),
+            ),
+            None,
+        ),
+    };
+    let conditions = merge(
+        &current.conditions,
+        std::slice::from_ref(&ready),
+        generation,
+        now,
+    );
+    let status = match counters {
+        Some(decision) => IdentityPoolStatus {
+            observed_generation: generation,
+            next_index: i64::try_from(decision.next_index).ok(),
+            accounts_in_use: i64::try_from(decision.in_use).ok(),
+            capacity: i64::try_from(decision.capacity).ok(),
+            conditions,
+        },
+        None => IdentityPoolStatus {
+            observed_generation: generation,
+            conditions,
+            ..current.clone()
+        },
+    };
+    let was = current
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition_type::READY)
+        .map(|c| (c.reason.as_str(), c.message.as_str()));
+    let event = (!ready.status && was != Some((ready.reason.as_str(), ready.message.as_str())))
+        .then(|| events::event(EventType::Warning, &ready.reason, "Validate", ready.message));
+    (status, event)
+}
+
+/// The Ready condition of a pool whose naming scheme is valid: exhausted or available.
+fn ready_condition(spec: &IdentityPoolSpec, decision: &PoolDecision) -> DesiredCondition {
+    if decision.next_index < decision.capacity {
+        return DesiredCondition::true_(
+            condition_type::READY,
+            "Available",
+            format!(
+                "{} of {} identities in use",
+                decision.in_use, decision.capacity
+            ),
+        );
+    }
+    let start = u64::try_from(spec.start_count).unwrap_or_default();
+    let cause = if start >= decision.capacity {
+        format!(
+            "; spec.startCount {start} is past the last of them (at most {})",
+            decision.capacity.saturating_sub(1)
+        )
+    } else {
+        String::new()
+    };
+    DesiredCondition::false_(
+        condition_type::READY,
+        "IdentityPoolExhausted",
+        format!(
+            "spec.namingScheme {} holds {} identities and all are used{cause}",
+            spec.naming_scheme, decision.capacity
+        ),
+    )
+}
+
+/// Read -> decide -> report: the status is written only when it changes.
 async fn reconcile(
     pool: Arc<IdentityPool>,
     context: Arc<Context>,
@@ -60,116 +161,14 @@ async fn reconcile(
         kind: "IdentityPool",
         field: "namespace",
     })?;
-    let schemes = context
-        .api::<ProvScheme>(&namespace)
-        .list(&Default::default())
-        .await?;
-    let users: BTreeSet<String> = schemes
-        .items
-        .iter()
-        .filter(|s| s.spec.identity_pool_ref == pool.name_any())
-        .map(ResourceExt::name_any)
-        .collect();
-    let machines = context
-        .api::<ProvVm>(&namespace)
-        .list(&Default::default())
-        .await?;
-    let indices: BTreeSet<u64> = machines
-        .items
-        .iter()
-        .filter(|m| users.contains(&m.spec.prov_scheme_ref))
-        .filter_map(|m| u64::try_from(m.spec.machine_index).ok())
-        .collect();
-
-    let current = pool.status.clone().unwrap_or_default();
-    let now = Timestamp::now();
-    let (status, problem) = match decide(&pool.spec, &indices) {
-        Ok(decision) => {
-            let exhausted = decision.next_index >= decision.capacity;
-            let ready = if exhausted {
-                let start = u64::try_from(pool.spec.start_count).unwrap_or_default();
-                let cause = if start >= decision.capacity {
-                    format!(
-                        "; spec.startCount {start} is past the last of them (at most {})",
-                        decision.capacity.saturating_sub(1)
-                    )
-                } else {
-                    String::new()
-                };
-                DesiredCondition::false_(
-                    condition_type::READY,
-                    "IdentityPoolExhausted",
-                    format!(
-                        "spec.namingScheme {} holds {} identities and all are used{cause}",
-                        pool.spec.naming_scheme, decision.capacity
-                    ),
-                )
-            } else {
-                DesiredCondition::true_(
-                    condition_type::READY,
-                    "Available",
-                    format!(
-                        "{} of {} identities in use",
-                        decision.in_use, decision.capacity
-                    ),
-                )
-            };
-            let status = IdentityPoolStatus {
-                observed_generation: pool.metadata.generation,
-                next_index: i64::try_from(decision.next_index).ok(),
-                accounts_in_use: i64::try_from(decision.in_use).ok(),
-                capacity: i64::try_from(decision.capacity).ok(),
-                conditions: merge(&current.conditions, &[ready], pool.metadata.generation, now),
-            };
-            (status, None)
-        }
-        Err(error) => {
-            let ready = DesiredCondition::false_(
-                condition_type::READY,
-                error.reason(),
-                format!("spec.namingScheme: {error}"),
-            );
-            let status = IdentityPoolStatus {
-                observed_generation: pool.metadata.generation,
-                conditions: merge(&current.conditions, &[ready], pool.metadata.generation, now),
-                ..current.clone()
-            };
-            (status, Some(error))
-        }
-    };
-    let api = context.api::<IdentityPool>(&namespace);
-    apply_status(&api, &pool, &field_manager(CONTROLLER), &status).await?;
-    let ready_of = |s: &IdentityPoolStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == condition_type::READY)
-            .map(|c| (c.reason.clone(), c.message.clone()))
-    };
-    if let Some((reason, message)) = ready_of(&status)
-        && reason == "IdentityPoolExhausted"
-        && ready_of(&current).is_none_or(|(_, was)| was != message)
-    {
-        publish(
-            &context,
-            pool.as_ref(),
-            EventType::Warning,
-            &reason,
-            "Validate",
-            message,
-        )
-        .await;
+    let indices = read(&pool, &namespace, &context);
+    let (status, event) = desired_status(&pool, &indices, Timestamp::now());
+    if pool.status.as_ref() != Some(&status) {
+        let api = context.api::<IdentityPool>(&namespace);
+        apply_status(&api, &pool, &field_manager(CONTROLLER), &status).await?;
     }
-    if let Some(error) = problem {
-        let note = format!("spec.namingScheme: {error}");
-        publish(
-            &context,
-            pool.as_ref(),
-            EventType::Warning,
-            error.reason(),
-            "Validate",
-            note,
-        )
-        .await;
+    if let Some(event) = event {
+        events::publish_event(&context, pool.as_ref(), event).await;
     }
     Ok(Action::requeue(context.config.resync))
 }
@@ -184,38 +183,36 @@ fn error_policy(
 
 /// Runs the IdentityPool controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
-    let pools = context.watched_api::<IdentityPool>();
-    let schemes = context.watched_api::<ProvScheme>();
+    let stores = &context.stores;
+    let pools = stores.pools.store().clone();
+    context.caches.track(CONTROLLER, pools.clone());
+    if !stores.ready().await {
+        return;
+    }
     // Machines come and go without their scheme changing (a scale-down's last deletions land
     // after the scheme's status): every machine event recounts the pools of its namespace,
     // debounced, or `accountsInUse` stayed stale until the resync.
-    let controller = Controller::new(pools, watcher_config())
-        .trigger_backoff(super::trigger_backoff())
+    stores
+        .pools
+        .controller()
         .with_config(
             kube::runtime::controller::Config::default()
                 .debounce(std::time::Duration::from_millis(500)),
-        );
-    let store = controller.store();
-    context.caches.track(CONTROLLER, store.clone());
-    controller
-        .watches(schemes, watcher_config(), |scheme: ProvScheme| {
+        )
+        .watches_shared_stream(stores.schemes.subscribe(), |scheme: Arc<ProvScheme>| {
             scheme.namespace().map(|ns| {
                 ObjectRef::<IdentityPool>::new(&scheme.spec.identity_pool_ref).within(&ns)
             })
         })
-        .watches(
-            context.watched_api::<ProvVm>(),
-            watcher_config(),
-            move |machine: ProvVm| {
-                let namespace = machine.namespace();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(move |pool| pool.namespace() == namespace)
-                    .map(|pool| ObjectRef::from_obj(pool.as_ref()))
-            },
-        )
-        .run(reconcile, error_policy, context)
+        .watches_shared_stream(stores.machines.subscribe(), move |machine: Arc<ProvVm>| {
+            let namespace = machine.namespace();
+            pools
+                .state()
+                .into_iter()
+                .filter(move |pool| pool.namespace() == namespace)
+                .map(|pool| ObjectRef::from_obj(pool.as_ref()))
+        })
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 super::log_run_error(CONTROLLER, &error);
@@ -262,5 +259,61 @@ mod tests {
     fn an_invalid_naming_scheme_is_an_error_with_its_reason() {
         let error = decide(&spec("VDI-#-#", 0), &BTreeSet::new()).expect_err("two runs");
         assert_eq!(error.reason(), "NamingSchemeMultiplePlaceholders");
+    }
+
+    fn pool(naming: &str, start: i64) -> IdentityPool {
+        let mut pool = IdentityPool::new("pool", spec(naming, start));
+        pool.metadata.generation = Some(3);
+        pool
+    }
+
+    #[test]
+    fn the_status_settles_and_a_failure_is_announced_once() {
+        let now = Timestamp::now();
+        let mut pool = pool("VDI-#", 0);
+        let (status, event) = desired_status(&pool, &BTreeSet::from([0, 1]), now);
+        assert_eq!(status.next_index, Some(2));
+        assert_eq!(status.accounts_in_use, Some(2));
+        assert_eq!(status.observed_generation, Some(3));
+        assert!(event.is_none(), "an available pool publishes nothing");
+        pool.status = Some(status.clone());
+        let (again, event) = desired_status(&pool, &BTreeSet::from([0, 1]), now);
+        assert_eq!(
+            again, status,
+            "nothing changed: the same status, so no write"
+        );
+        assert!(event.is_none());
+
+        let full: BTreeSet<u64> = (0..10).collect();
+        let (exhausted, event) = desired_status(&pool, &full, now);
+        let event = event.expect("the first exhaustion is announced");
+        assert_eq!(event.reason, "IdentityPoolExhausted");
+        assert!(
+            event
+                .note
+                .expect("a note")
+                .contains("10 identities and all are used")
+        );
+        pool.status = Some(exhausted);
+        assert!(desired_status(&pool, &full, now).1.is_none(), "only once");
+    }
+
+    #[test]
+    fn an_invalid_naming_scheme_keeps_the_counters_and_names_the_field() {
+        let now = Timestamp::now();
+        let mut pool = pool("VDI-##", 0);
+        let (status, _) = desired_status(&pool, &BTreeSet::from([4]), now);
+        pool.status = Some(status);
+        pool.spec.naming_scheme = "VDI-#-#".into();
+        let (status, event) = desired_status(&pool, &BTreeSet::from([4]), now);
+        assert_eq!(status.next_index, Some(5), "the last good counters stay");
+        let event = event.expect("announced");
+        assert_eq!(event.reason, "NamingSchemeMultiplePlaceholders");
+        assert!(
+            event
+                .note
+                .expect("a note")
+                .starts_with("spec.namingScheme: ")
+        );
     }
 }

@@ -12,21 +12,21 @@ use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
+use kube::runtime::controller::Action;
+use kube::runtime::events::Event;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
 use super::conditions::{DesiredCondition, merge};
-use super::events::publish;
+use super::events;
 use super::image_version::{ANNOTATION_LAST_VERSION, Counter};
 use super::image_version_spec::{schemes_and_machines, users_of_specs};
 use super::status::{apply_status, field_manager};
 use super::tasks::report_blocked_deletion;
-use super::{Context, ControllerError, requeue_after_error, watcher_config};
+use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
-    HypervisorConnection, ImageDefinition, ImageDefinitionSpec, ImageDefinitionStatus,
-    ImageVersion, ImageVersionSpec, condition_type,
+    ImageDefinition, ImageDefinitionSpec, ImageDefinitionStatus, ImageVersion, ImageVersionSpec,
+    condition_type,
 };
 
 const CONTROLLER: &str = "imagedefinition";
@@ -110,6 +110,8 @@ fn namespace_of(definition: &ImageDefinition) -> Result<String, ControllerError>
         })
 }
 
+/// The versions of `definition`, read from the API server: the deletion's in-use check must
+/// not trust a cache that may not show a version created a moment ago.
 async fn versions_of(
     context: &Context,
     namespace: &str,
@@ -142,27 +144,46 @@ async fn reconcile(
     .map_err(ControllerError::from)
 }
 
-async fn apply(
-    definition: Arc<ImageDefinition>,
-    context: &Context,
-) -> Result<Action, ControllerError> {
-    let namespace = namespace_of(&definition)?;
-    let connections = context.api::<HypervisorConnection>(&namespace);
-    let mut missing = Vec::new();
-    for connection in &definition.spec.connections {
-        if connections
-            .get_opt(&connection.connection_ref)
-            .await?
-            .is_none()
-        {
-            missing.push(connection.connection_ref.clone());
-        }
+/// What the definition's status is decided from, read from the shared caches.
+pub struct Observed {
+    /// `spec.connections` entries naming no connection of the namespace.
+    pub missing_connections: Vec<String>,
+    /// The version numbers of the definition's versions (`None`: not numbered yet).
+    pub version_numbers: Vec<Option<i64>>,
+}
+
+/// Read: the connections and versions from the shared caches.
+fn read(definition: &ImageDefinition, namespace: &str, context: &Context) -> Observed {
+    let stores = &context.stores;
+    Observed {
+        missing_connections: definition
+            .spec
+            .connections
+            .iter()
+            .filter(|c| {
+                stores
+                    .connections
+                    .get(namespace, &c.connection_ref)
+                    .is_none()
+            })
+            .map(|c| c.connection_ref.clone())
+            .collect(),
+        version_numbers: stores
+            .versions
+            .in_namespace(namespace)
+            .iter()
+            .filter(|v| v.spec.image_definition_ref == definition.name_any())
+            .map(|v| v.status.as_ref().and_then(|s| s.version_number))
+            .collect(),
     }
-    let versions = versions_of(context, &namespace, &definition.name_any()).await?;
-    let numbers: Vec<Option<i64>> = versions
-        .iter()
-        .map(|v| v.status.as_ref().and_then(|s| s.version_number))
-        .collect();
+}
+
+/// Decide (pure): the definition's status and the Event when its Ready condition changes.
+pub fn desired_status(
+    definition: &ImageDefinition,
+    observed: &Observed,
+    now: Timestamp,
+) -> (ImageDefinitionStatus, Option<Event>) {
     let current = definition.status.clone().unwrap_or_default();
     let counter = Counter::parse(
         definition
@@ -174,21 +195,32 @@ async fn apply(
         &definition.spec,
         &counter,
         current.latest_version,
-        &numbers,
-        &missing,
+        &observed.version_numbers,
+        &observed.missing_connections,
     );
+    let generation = definition.metadata.generation;
+    let event = decision
+        .conditions
+        .first()
+        .and_then(|ready| events::ready_transition(&current.conditions, ready, "Validate"));
     let status = ImageDefinitionStatus {
-        observed_generation: definition.metadata.generation,
+        observed_generation: generation,
         latest_version: decision.latest_version,
         versions_count: decision.versions_count,
-        conditions: merge(
-            &current.conditions,
-            &decision.conditions,
-            definition.metadata.generation,
-            Timestamp::now(),
-        ),
+        conditions: merge(&current.conditions, &decision.conditions, generation, now),
     };
-    if status != current {
+    (status, event)
+}
+
+/// Read -> decide -> report: the status is written only when it changes.
+async fn apply(
+    definition: Arc<ImageDefinition>,
+    context: &Context,
+) -> Result<Action, ControllerError> {
+    let namespace = namespace_of(&definition)?;
+    let observed = read(&definition, &namespace, context);
+    let (status, event) = desired_status(&definition, &observed, Timestamp::now());
+    if definition.status.as_ref() != Some(&status) {
         let api = context.api::<ImageDefinition>(&namespace);
         apply_status(
             &api,
@@ -197,39 +229,17 @@ async fn apply(
             &status,
         )
         .await?;
-        if current
-            .conditions
-            .iter()
-            .map(|c| (&c.type_, &c.status, &c.reason))
-            .collect::<Vec<_>>()
-            != status
-                .conditions
-                .iter()
-                .map(|c| (&c.type_, &c.status, &c.reason))
-                .collect::<Vec<_>>()
-            && let Some(ready) = decision.conditions.first()
-        {
-            let type_ = if ready.status {
-                EventType::Normal
-            } else {
-                EventType::Warning
-            };
-            publish(
-                context,
-                definition.as_ref(),
-                type_,
-                &ready.reason,
-                "Validate",
-                ready.message.clone(),
-            )
-            .await;
+        if let Some(event) = event {
+            events::publish_event(context, definition.as_ref(), event).await;
         }
     }
-    Ok(Action::requeue(if missing.is_empty() {
-        context.config.resync
-    } else {
-        Duration::from_secs(10)
-    }))
+    Ok(Action::requeue(
+        if observed.missing_connections.is_empty() {
+            context.config.resync
+        } else {
+            Duration::from_secs(10)
+        },
+    ))
 }
 
 async fn cleanup(
@@ -243,6 +253,7 @@ async fn cleanup(
         .iter()
         .map(ResourceExt::name_any)
         .collect();
+    // A fresh read, like the versions: deletion is where a lagging cache could lose data.
     let specs: BTreeSet<String> = context
         .api::<ImageVersionSpec>(&namespace)
         .list(&ListParams::default())
@@ -289,22 +300,22 @@ fn error_policy(
 
 /// Runs the ImageDefinition controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
-    let definitions = context.watched_api::<ImageDefinition>();
-    let controller =
-        Controller::new(definitions, watcher_config()).trigger_backoff(super::trigger_backoff());
-    context.caches.track(CONTROLLER, controller.store());
-    controller
-        .watches(
-            context.watched_api::<ImageVersion>(),
-            watcher_config(),
-            |version: ImageVersion| {
-                version.namespace().map(|ns| {
-                    ObjectRef::<ImageDefinition>::new(&version.spec.image_definition_ref)
-                        .within(&ns)
-                })
-            },
-        )
-        .run(reconcile, error_policy, context)
+    let stores = &context.stores;
+    context
+        .caches
+        .track(CONTROLLER, stores.definitions.store().clone());
+    if !stores.ready().await {
+        return;
+    }
+    stores
+        .definitions
+        .controller()
+        .watches_shared_stream(stores.versions.subscribe(), |version: Arc<ImageVersion>| {
+            version.namespace().map(|ns| {
+                ObjectRef::<ImageDefinition>::new(&version.spec.image_definition_ref).within(&ns)
+            })
+        })
+        .run(reconcile, error_policy, context.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 super::log_run_error(CONTROLLER, &error);

@@ -20,6 +20,7 @@ use futures::future::BoxFuture;
 use futures::{FutureExt, Stream, StreamExt};
 use k8s_openapi::NamespaceResourceScope;
 use k8s_openapi::api::apps::v1::ControllerRevision;
+use kube::runtime::Controller;
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Api, Client, Resource, ResourceExt};
@@ -108,6 +109,11 @@ where
         let cached = self.store.state();
         subscribers.push(sender);
         futures::stream::iter(cached).chain(receiver)
+    }
+
+    /// A controller of this kind, triggered by this kind's watch and reading this cache.
+    pub fn controller(&self) -> Controller<K> {
+        Controller::for_shared_stream(self.subscribe(), self.store.clone())
     }
 
     /// Resolves once the first list has filled the cache.
