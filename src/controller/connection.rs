@@ -9,7 +9,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -20,7 +19,7 @@ use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 
 use super::conditions::{DesiredCondition, merge};
 use super::events;
-use super::status::{apply_status, field_manager};
+use super::status::report;
 use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
     ConnectionState, ConnectionType, HypervisorConnection, HypervisorConnectionSpec,
@@ -264,13 +263,16 @@ async fn reconcile(
         })?;
     let facts = gather(&connection, &namespace, &context).await?;
     let (status, event) = desired_status(&connection, &facts, Timestamp::now());
-    if connection.status.as_ref() != Some(&status) {
-        let api = context.api::<HypervisorConnection>(&namespace);
-        apply_status(&api, &connection, &field_manager(CONTROLLER), &status).await?;
-        if let Some(event) = event {
-            events::publish_event(&context, connection.as_ref(), event).await;
-        }
-    }
+    let current = connection.status.as_ref();
+    report(
+        &context,
+        connection.as_ref(),
+        CONTROLLER,
+        current,
+        &status,
+        event,
+    )
+    .await?;
     let healthy = status.state == Some(ConnectionState::On) && status.alerts.is_empty();
     Ok(Action::requeue(if healthy {
         context.config.resync
@@ -296,15 +298,10 @@ pub async fn run(context: Arc<Context>) {
     if !context.stores.ready().await {
         return;
     }
-    connections
+    let results = connections
         .controller()
-        .run(reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, context.clone());
+    super::drain(CONTROLLER, results).await;
 }
 
 #[cfg(test)]

@@ -6,7 +6,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -18,7 +17,7 @@ use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 
 use super::conditions::{DesiredCondition, merge};
 use super::events;
-use super::status::{apply_status, field_manager};
+use super::status::report;
 use super::tasks::run_once;
 use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
@@ -234,13 +233,15 @@ async fn reconcile(
     })?;
     let observed = read(&unit, &namespace, &context).await;
     let (status, event) = desired_status(&unit, &observed, Timestamp::now());
-    if unit.status.as_ref() != Some(&status) {
-        let api = context.api::<HostingUnit>(&namespace);
-        apply_status(&api, &unit, &field_manager(CONTROLLER), &status).await?;
-        if let Some(event) = event {
-            events::publish_event(&context, unit.as_ref(), event).await;
-        }
-    }
+    report(
+        &context,
+        unit.as_ref(),
+        CONTROLLER,
+        unit.status.as_ref(),
+        &status,
+        event,
+    )
+    .await?;
     let healthy = status
         .conditions
         .iter()
@@ -268,7 +269,7 @@ pub async fn run(context: Arc<Context>) {
     if !stores.ready().await {
         return;
     }
-    stores
+    let results = stores
         .units
         .controller()
         .watches_shared_stream(
@@ -285,13 +286,8 @@ pub async fn run(context: Arc<Context>) {
                     .map(|unit| ObjectRef::from_obj(unit.as_ref()))
             },
         )
-        .run(reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, context.clone());
+    super::drain(CONTROLLER, results).await;
 }
 
 /// How far a storage's free space must move before the status says so: 1 % of it, at least

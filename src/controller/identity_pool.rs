@@ -4,7 +4,6 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
@@ -15,7 +14,7 @@ use mcs_domain::naming::{NamingError, NamingScheme};
 
 use super::conditions::{DesiredCondition, merge};
 use super::events;
-use super::status::{apply_status, field_manager};
+use super::status::report;
 use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
     IdentityPool, IdentityPoolSpec, IdentityPoolStatus, ProvScheme, ProvVm, condition_type,
@@ -163,13 +162,15 @@ async fn reconcile(
     })?;
     let indices = read(&pool, &namespace, &context);
     let (status, event) = desired_status(&pool, &indices, Timestamp::now());
-    if pool.status.as_ref() != Some(&status) {
-        let api = context.api::<IdentityPool>(&namespace);
-        apply_status(&api, &pool, &field_manager(CONTROLLER), &status).await?;
-    }
-    if let Some(event) = event {
-        events::publish_event(&context, pool.as_ref(), event).await;
-    }
+    report(
+        &context,
+        pool.as_ref(),
+        CONTROLLER,
+        pool.status.as_ref(),
+        &status,
+        event,
+    )
+    .await?;
     Ok(Action::requeue(context.config.resync))
 }
 
@@ -192,7 +193,7 @@ pub async fn run(context: Arc<Context>) {
     // Machines come and go without their scheme changing (a scale-down's last deletions land
     // after the scheme's status): every machine event recounts the pools of its namespace,
     // debounced, or `accountsInUse` stayed stale until the resync.
-    stores
+    let results = stores
         .pools
         .controller()
         .with_config(
@@ -212,13 +213,8 @@ pub async fn run(context: Arc<Context>) {
                 .filter(move |pool| pool.namespace() == namespace)
                 .map(|pool| ObjectRef::from_obj(pool.as_ref()))
         })
-        .run(reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, context.clone());
+    super::drain(CONTROLLER, results).await;
 }
 
 #[cfg(test)]

@@ -8,7 +8,6 @@ use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::api::ListParams;
@@ -21,7 +20,7 @@ use super::conditions::{DesiredCondition, merge};
 use super::events;
 use super::image_version::{ANNOTATION_LAST_VERSION, Counter};
 use super::image_version_spec::{schemes_and_machines, users_of_specs};
-use super::status::{apply_status, field_manager};
+use super::status::{apply_status, field_manager, report};
 use super::tasks::report_blocked_deletion;
 use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
@@ -220,19 +219,16 @@ async fn apply(
     let namespace = namespace_of(&definition)?;
     let observed = read(&definition, &namespace, context);
     let (status, event) = desired_status(&definition, &observed, Timestamp::now());
-    if definition.status.as_ref() != Some(&status) {
-        let api = context.api::<ImageDefinition>(&namespace);
-        apply_status(
-            &api,
-            definition.as_ref(),
-            &field_manager(CONTROLLER),
-            &status,
-        )
-        .await?;
-        if let Some(event) = event {
-            events::publish_event(context, definition.as_ref(), event).await;
-        }
-    }
+    let current = definition.status.as_ref();
+    report(
+        context,
+        definition.as_ref(),
+        CONTROLLER,
+        current,
+        &status,
+        event,
+    )
+    .await?;
     Ok(Action::requeue(
         if observed.missing_connections.is_empty() {
             context.config.resync
@@ -307,7 +303,7 @@ pub async fn run(context: Arc<Context>) {
     if !stores.ready().await {
         return;
     }
-    stores
+    let results = stores
         .definitions
         .controller()
         .watches_shared_stream(stores.versions.subscribe(), |version: Arc<ImageVersion>| {
@@ -315,13 +311,8 @@ pub async fn run(context: Arc<Context>) {
                 ObjectRef::<ImageDefinition>::new(&version.spec.image_definition_ref).within(&ns)
             })
         })
-        .run(reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, context.clone());
+    super::drain(CONTROLLER, results).await;
 }
 
 #[cfg(test)]

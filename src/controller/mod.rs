@@ -206,6 +206,21 @@ impl kube::runtime::utils::Backoff for TriggerBackoff {
     }
 }
 
+/// Drives a controller's run stream to its end, logging each error as [`log_run_error`] does.
+pub async fn drain<T, E: std::error::Error + 'static>(
+    controller: &'static str,
+    results: impl futures::Stream<Item = Result<T, kube::runtime::controller::Error<E, watcher::Error>>>,
+) {
+    use futures::StreamExt;
+    results
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                log_run_error(controller, &error);
+            }
+        })
+        .await;
+}
+
 /// Logs an error of a controller's run stream: a failed watch as [`log_watch_error`] does;
 /// other errors were logged by the error policy already and go to debug.
 pub fn log_run_error<E: std::fmt::Display>(

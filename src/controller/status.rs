@@ -11,6 +11,37 @@ pub fn field_manager(controller: &str) -> String {
     format!("mcs-operator/{controller}")
 }
 
+/// The report step of a pipeline: applies `status` (as `controller`'s field manager) when it
+/// differs from `current`, then publishes `event`, which the decision derived from the same
+/// change. Nothing is written or published when the status is unchanged.
+pub async fn report<K, S>(
+    context: &super::Context,
+    obj: &K,
+    controller: &str,
+    current: Option<&S>,
+    status: &S,
+    event: Option<kube::runtime::events::Event>,
+) -> Result<(), super::ControllerError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+    S: Serialize + PartialEq,
+{
+    if current == Some(status) {
+        return Ok(());
+    }
+    let namespace = obj.namespace().unwrap_or_default();
+    let api = context.api::<K>(&namespace);
+    apply_status(&api, obj, &field_manager(controller), status).await?;
+    if let Some(event) = event {
+        super::events::publish_event(context, obj, event).await;
+    }
+    Ok(())
+}
+
 /// Applies `status` to the object's status subresource as `manager` (server-side apply, forced:
 /// the controller is the only writer of the fields it sends). Fields the manager sent before
 /// and no longer sends are removed by the API server.
