@@ -31,7 +31,7 @@
 //! left is the operator's; the rate of the same count while nothing happens is printed too.
 //!
 //! Settings (environment): `MCS_BENCH_MACHINES` (1000), `MCS_BENCH_BATCH` (the scheme's
-//! `initialBatchSizeHint`, 100), `MCS_BENCH_TIMEOUT` (seconds each phase may take, 600),
+//! `initialBatchSizeHint`, 100), `MCS_BENCH_TIMEOUT` (seconds each phase may take, 300),
 //! `MCS_BENCH_WATCHED` (0: off; else after the phases the benchmark adds ControllerRevisions
 //! the operator watches — copies of the scheme's own version, labelled for a scheme that does
 //! not exist, so nothing reconciles them — until this many objects are watched, restarts the
@@ -57,7 +57,7 @@ use mcs_operator::api::{
 };
 use serde_json::json;
 use support::cluster::{Cluster, Mode};
-use support::operator::{Harness, PREPARED};
+use support::operator::{Harness, PREPARED, ready};
 use tokio::sync::watch;
 
 /// The benchmark's scheme.
@@ -104,7 +104,7 @@ impl Settings {
         Ok(Settings {
             machines: number("MCS_BENCH_MACHINES", 1000)?.max(1),
             batch: i32::try_from(number("MCS_BENCH_BATCH", 100)?)?,
-            timeout: Duration::from_secs(number("MCS_BENCH_TIMEOUT", 600)? as u64),
+            timeout: Duration::from_secs(number("MCS_BENCH_TIMEOUT", 300)? as u64),
             watched: number("MCS_BENCH_WATCHED", 0)?,
             mode,
         })
@@ -232,6 +232,14 @@ struct ProcSample {
     children_cpu: f64,
     rss_kib: u64,
     hwm_kib: u64,
+}
+
+/// The 1-minute load average (the machine may be shared; figures are worth less under load).
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "n/a".into())
 }
 
 fn clock_ticks() -> f64 {
@@ -476,7 +484,7 @@ impl Bench {
         done: impl Fn(&Fleet) -> bool,
         progress: impl Fn(&Fleet) -> String,
     ) -> anyhow::Result<Phase> {
-        println!("scale: {name} ...");
+        println!("scale: {name} ... (load average {})", load_average());
         let before = self.snapshot().await?;
         let started = Instant::now();
         self.patch_scheme(change).await?;
@@ -527,14 +535,26 @@ impl Bench {
         };
         match &phase.unfinished {
             None => println!(
-                "scale: {name}: {:.1} s ({:.1} machines/s)",
+                "scale: {name}: {:.1} s ({:.1} machines/s; load average {})",
                 elapsed.as_secs_f64(),
-                machines as f64 / elapsed.as_secs_f64()
+                machines as f64 / elapsed.as_secs_f64(),
+                load_average()
             ),
-            Some(at) => println!(
-                "scale: {name}: NOT DONE within {} s: {at}",
-                self.timeout.as_secs()
-            ),
+            Some(at) => {
+                println!(
+                    "scale: {name}: NOT DONE within {} s: {at}",
+                    self.timeout.as_secs()
+                );
+                self.own.count("GET", "provschemes");
+                if let Ok(scheme) = self.harness.api::<ProvScheme>().get(SCHEME).await {
+                    for c in scheme.status.map(|s| s.conditions).unwrap_or_default() {
+                        println!(
+                            "  scheme {} {}: {} ({})",
+                            c.type_, c.status, c.reason, c.message
+                        );
+                    }
+                }
+            }
         }
         Ok(phase)
     }
@@ -675,7 +695,26 @@ async fn prepare(settings: &Settings) -> anyhow::Result<Bench> {
         harness.operator.as_ref().map_or(0, |c| c.id()),
         harness.cluster.namespace
     );
-    let rest = harness.apply_up_to_the_master().await;
+    // The examples, with an identity pool that can name more than 999 machines (`VDI-###`
+    // cannot), applied up to the master spec.
+    let mut examples = harness.examples();
+    for object in &mut examples {
+        if object["kind"] == "IdentityPool" {
+            object["spec"]["namingScheme"] = json!("VDI-#####");
+        }
+    }
+    let (before, rest): (Vec<_>, Vec<_>) = examples
+        .into_iter()
+        .partition(|o| o["kind"] != "ProvScheme" && o["metadata"]["name"] != PREPARED);
+    harness.apply(&before).await;
+    await_object::<ImageVersionSpec>(
+        &harness,
+        "win11-2026-11-master",
+        "usable",
+        Duration::from_secs(300),
+        |s| s.status.as_ref().is_some_and(|st| ready(&st.conditions)),
+    )
+    .await?;
     let prepared = rest
         .iter()
         .find(|o| o["metadata"]["name"] == PREPARED)
