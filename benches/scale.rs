@@ -974,35 +974,33 @@ fn print_report(
     }
     println!();
     let mib = |kib: u64| kib as f64 / 1024.0;
-    let mut points = Vec::new();
+    println!(
+        "operator RSS (settled VmRSS) by watched objects (every mcs object of the namespace and the labelled ControllerRevisions); issue 11's target is 20 MiB + 4 KiB per object"
+    );
+    let Some((few_objects, few_kib)) = memory.few else {
+        return;
+    };
+    println!(
+        "  {:<48} {:>7} objects {:>7.1} MiB",
+        "few objects (scheme at version 1, no machines)",
+        few_objects,
+        mib(few_kib)
+    );
     for (what, point) in [
-        ("few objects (scheme at version 1, no machines)", memory.few),
         ("after the scale-up (same process)", memory.full),
-        ("extra watched objects (same process)", memory.extra),
-        (
-            "extra watched objects (restarted operator)",
-            memory.restarted,
-        ),
+        ("extra objects added (same process)", memory.extra),
+        ("extra objects, operator restarted", memory.restarted),
     ] {
-        if let Some((objects, kib)) = point {
-            println!(
-                "operator RSS, {what}: {:.1} MiB with {objects} watched objects (target {:.1} MiB = 20 MiB + 4 KiB each)",
-                mib(kib),
-                20.0 + 4.0 * objects as f64 / 1024.0
-            );
-            points.push((objects, kib));
-        }
-    }
-    if let Some(&(few_objects, few_kib)) = points.first() {
-        for &(objects, kib) in &points[1..] {
-            if objects > few_objects {
-                let per = (kib as f64 - few_kib as f64) / (objects - few_objects) as f64;
-                let base = few_kib as f64 - per * few_objects as f64;
-                println!(
-                    "  => {:.1} MiB base + {per:.1} KiB per watched object (from {few_objects} and {objects} objects)",
-                    base / 1024.0
-                );
-            }
-        }
+        let Some((objects, kib)) = point else {
+            continue;
+        };
+        let per = (kib as f64 - few_kib as f64) / objects.saturating_sub(few_objects).max(1) as f64;
+        let base = few_kib as f64 - per * few_objects as f64;
+        println!(
+            "  {what:<48} {objects:>7} objects {:>7.1} MiB  => {:.1} MiB + {per:.1} KiB per object (target at this count: {:.1} MiB)",
+            mib(kib),
+            base / 1024.0,
+            20.0 + 4.0 * objects as f64 / 1024.0
+        );
     }
 }
