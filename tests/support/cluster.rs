@@ -151,11 +151,26 @@ impl Cluster {
         Self::start_inner(test, Some(configure)).await
     }
 
+    /// Like [`Cluster::start`] on the API server of `mode` rather than the one the environment
+    /// chooses; with [`Mode::Assets`] the cluster gets a control plane of its own, as with
+    /// [`Cluster::start_private`] (the benchmarks read its components' CPU time).
+    pub async fn start_in(test: &str, mode: Mode) -> Cluster {
+        Self::start_mode(test, mode, Some(|_| {})).await
+    }
+
     async fn start_inner(test: &str, private: Option<fn(&mut ControlPlaneConfig)>) -> Cluster {
+        Self::start_mode(test, mode(), private).await
+    }
+
+    async fn start_mode(
+        test: &str,
+        mode: Mode,
+        private: Option<fn(&mut ControlPlaneConfig)>,
+    ) -> Cluster {
         super::init_logging();
         let dir = tempfile::tempdir().expect("tempdir");
         let mut own = None;
-        let (server, kubeconfig) = match (mode(), private) {
+        let (server, kubeconfig) = match (mode, private) {
             (Mode::TestServer, _) => {
                 let server = TestApiServer::start(TestApiConfig {
                     crd_dir: Some(crd_dir()),

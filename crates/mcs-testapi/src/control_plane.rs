@@ -281,6 +281,15 @@ impl ControlPlane {
         &self.kubectl
     }
 
+    /// The process id of a running component (`etcd`, `kube-apiserver`,
+    /// `kube-controller-manager`), to read its CPU time and memory from `/proc`.
+    pub fn pid(&self, component: &str) -> Option<u32> {
+        self.children
+            .iter()
+            .find(|c| c.name == component)
+            .map(|c| c.child.id())
+    }
+
     /// Whether `kube-controller-manager` runs (garbage collection, namespace deletion).
     pub fn has_controller_manager(&self) -> bool {
         self.controller_manager
