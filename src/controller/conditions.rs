@@ -60,7 +60,17 @@ pub fn merge(
         .filter(|c| !desired.iter().any(|d| d.type_ == c.type_))
         .cloned()
         .collect();
-    for wanted in desired {
+    // Conditions are a list-map keyed by type: a type wanted twice keeps its last wish (a
+    // later, more specific finding such as an exhausted identity pool overrides the
+    // routine one), or a real API server rejects the whole status as a duplicate key.
+    let last_of_type = |i: usize, wanted: &DesiredCondition| {
+        !desired[i + 1..].iter().any(|d| d.type_ == wanted.type_)
+    };
+    for (_, wanted) in desired
+        .iter()
+        .enumerate()
+        .filter(|(i, wanted)| last_of_type(*i, wanted))
+    {
         let status = if wanted.status { "True" } else { "False" };
         let last_transition_time = current
             .iter()
@@ -159,5 +169,23 @@ mod tests {
         );
         assert!(merged[0].message.len() <= 32 * 1024);
         assert!(merged[0].message.chars().all(|c| c == 'é'));
+    }
+
+    #[test]
+    fn a_type_wanted_twice_keeps_its_last_wish() {
+        let merged = merge(
+            &[],
+            &[
+                DesiredCondition::false_("Degraded", "AsExpected", "version 3 is current"),
+                DesiredCondition::true_("Ready", "Available", "ok"),
+                DesiredCondition::true_("Degraded", "IdentityPoolExhausted", "no free name"),
+            ],
+            Some(2),
+            at(10),
+        );
+        let types: Vec<&str> = merged.iter().map(|c| c.type_.as_str()).collect();
+        assert_eq!(types, ["Degraded", "Ready"]);
+        assert_eq!(merged[0].reason, "IdentityPoolExhausted");
+        assert_eq!(merged[0].status, "True");
     }
 }
