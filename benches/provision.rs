@@ -27,6 +27,7 @@ fn main() -> anyhow::Result<()> {
         println!("provision: skipped (a benchmark; run it with `cargo bench --bench provision`)");
         return Ok(());
     }
+    support::init_logging();
     let machines: i32 = std::env::var("MCS_BENCH_MACHINES")
         .ok()
         .and_then(|v| v.parse().ok())

@@ -15,6 +15,8 @@
 //!   follow, cancel, retry) from the stored task, the job table and the annotations
 //!   `mcs.imaging.dev/cancel` and `mcs.imaging.dev/retry`.
 //! - [`follow_snapshot`] moves a [`TaskStatus`] along with a job's snapshot, never backwards.
+//! - [`TaskRunner::ended`] tells a controller which jobs just ended, so it looks at once
+//!   instead of at its next poll: a job that ends quickly costs one status write.
 //!
 //! Restart safety comes from the backends: every operation is idempotent, so a task found in a
 //! running state with no job in this process ([`TaskAction::Resume`]) is simply started again;
@@ -25,6 +27,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use futures::Stream;
+use futures::channel::mpsc::{UnboundedSender, unbounded};
 use jiff::Timestamp;
 use kube::Resource;
 use kube::runtime::events::EventType;
@@ -38,6 +42,14 @@ use super::conditions::{DesiredCondition, merge};
 use super::{Context, ControllerError};
 use crate::api::{ANNOTATION_CANCEL, ANNOTATION_RETRY, Condition, condition_type};
 
+/// The first delay between two polls of a job's backend operation; it doubles up to the
+/// runner's poll interval, so a 7 ms overlay build is seen done within milliseconds while a
+/// long preparation is polled at the usual pace.
+const FIRST_POLL: Duration = Duration::from_millis(2);
+
+/// Who hears of jobs that ended: one sender per [`TaskRunner::ended`] stream.
+type EndListeners = Arc<Mutex<Vec<UnboundedSender<String>>>>;
+
 /// The operation a task reports while it waits for a free slot of the concurrency limit.
 pub const WAITING_FOR_SLOT: &str = "WaitingForTaskSlot";
 
@@ -48,6 +60,8 @@ pub struct JobSnapshot {
     pub task_id: String,
     /// Still waiting for a slot of the concurrency limit.
     pub queued: bool,
+    /// When the job got its slot and started the backend operation.
+    pub started: Option<Instant>,
     /// The backend operation, once started.
     pub operation_id: Option<OperationId>,
     /// The backend's phase (an SDK task state).
@@ -65,6 +79,7 @@ impl JobSnapshot {
         Self {
             task_id: task_id.to_string(),
             queued: true,
+            started: None,
             operation_id: None,
             phase: TaskState::Processing,
             percent: 0,
@@ -93,6 +108,7 @@ pub struct TaskRunner {
     last_write: Mutex<HashMap<String, Instant>>,
     write_interval: Duration,
     poll_interval: Duration,
+    ended: EndListeners,
 }
 
 impl TaskRunner {
@@ -105,7 +121,15 @@ impl TaskRunner {
             last_write: Mutex::new(HashMap::new()),
             write_interval,
             poll_interval: Duration::from_millis(200),
+            ended: Arc::default(),
         }
+    }
+
+    /// The keys of jobs as they end (succeeded, failed or canceled), from now on.
+    pub fn ended(&self) -> impl Stream<Item = String> + Send + 'static {
+        let (sender, receiver) = unbounded();
+        lock(&self.ended).push(sender);
+        receiver
     }
 
     /// How many jobs may start backend work now.
@@ -125,14 +149,15 @@ impl TaskRunner {
         self.cancel(key).await;
         let snapshot = Arc::new(Mutex::new(JobSnapshot::new(task_id)));
         let (cancel, cancel_rx) = watch::channel(false);
-        let handle = tokio::spawn(drive(
-            self.slots.clone(),
-            backend,
-            op,
-            snapshot.clone(),
-            cancel_rx,
-            self.poll_interval,
-        ));
+        let job = JobRun {
+            key: key.to_string(),
+            slots: self.slots.clone(),
+            snapshot: snapshot.clone(),
+            cancel: cancel_rx,
+            poll_interval: self.poll_interval,
+            ended: self.ended.clone(),
+        };
+        let handle = tokio::spawn(drive(job, backend, op));
         tracing::info!(key, task_id, "task job started");
         lock(&self.jobs).insert(
             key.to_string(),
@@ -244,11 +269,35 @@ pub fn throttle(
     }
 }
 
-async fn drive(
+/// One job's side of the runner: where it reports and what it listens to.
+struct JobRun {
+    key: String,
+    slots: Arc<Semaphore>,
+    snapshot: Arc<Mutex<JobSnapshot>>,
+    cancel: watch::Receiver<bool>,
+    poll_interval: Duration,
+    ended: EndListeners,
+}
+
+/// Runs one job to its end, then tells the [`TaskRunner::ended`] listeners.
+async fn drive(job: JobRun, backend: Arc<dyn Backend>, op: Operation) {
+    let JobRun {
+        key,
+        slots,
+        snapshot,
+        cancel,
+        poll_interval,
+        ended,
+    } = job;
+    run_job(slots, backend, op, &snapshot, cancel, poll_interval).await;
+    lock(&ended).retain(|listener| listener.unbounded_send(key.clone()).is_ok());
+}
+
+async fn run_job(
     slots: Arc<Semaphore>,
     backend: Arc<dyn Backend>,
     op: Operation,
-    snapshot: Arc<Mutex<JobSnapshot>>,
+    snapshot: &Mutex<JobSnapshot>,
     mut cancel: watch::Receiver<bool>,
     poll_interval: Duration,
 ) {
@@ -267,7 +316,7 @@ async fn drive(
                 started.elapsed(),
             );
         }
-        let mut s = lock(&snapshot);
+        let mut s = lock(snapshot);
         match &result {
             Ok(_) => {
                 s.phase = TaskState::Finished;
@@ -287,8 +336,12 @@ async fn drive(
             return;
         }
     };
-    lock(&snapshot).queued = false;
     let started = Some(Instant::now());
+    {
+        let mut s = lock(snapshot);
+        s.queued = false;
+        s.started = started;
+    }
     let id = match backend.start(op).await {
         Ok(id) => id,
         Err(error) => {
@@ -296,12 +349,13 @@ async fn drive(
             return;
         }
     };
-    lock(&snapshot).operation_id = Some(id);
+    lock(snapshot).operation_id = Some(id);
+    let mut delay = FIRST_POLL.min(poll_interval);
     loop {
         match backend.poll(id).await {
             Ok(status) => {
                 {
-                    let mut s = lock(&snapshot);
+                    let mut s = lock(snapshot);
                     s.phase = status.phase;
                     s.percent = s.percent.max(status.percent);
                     s.message = status.message;
@@ -318,7 +372,7 @@ async fn drive(
             }
         }
         tokio::select! {
-            () = tokio::time::sleep(poll_interval) => {}
+            () = tokio::time::sleep(delay) => delay = (delay * 2).min(poll_interval),
             _ = cancel.changed() => {
                 let result = match backend.cancel(id).await {
                     Ok(status) => status.result.unwrap_or(Err(BackendError::Canceled)),
@@ -665,6 +719,7 @@ mod tests {
         JobSnapshot {
             task_id: "t1".into(),
             queued: false,
+            started: None,
             operation_id: None,
             phase,
             percent,
@@ -709,6 +764,7 @@ mod tests {
             mcs_backend::LocalBackend::new(mcs_backend::LocalConfig::default()).expect("backend"),
         );
         let runner = TaskRunner::new(1, Duration::from_secs(1));
+        let mut ended = runner.ended();
         let op = Operation::ResolveInventory(mcs_backend::InventoryRequest {
             hosting_unit: "hu".into(),
             storages: vec!["missing".into()],
@@ -730,6 +786,11 @@ mod tests {
         ));
         assert_eq!(runner.free_slots(), 1);
         assert!(runner.snapshot_of("k", "other").is_none());
+        assert_eq!(
+            futures::StreamExt::next(&mut ended).await.as_deref(),
+            Some("k"),
+            "the end of a job is told"
+        );
 
         // A job of another task replaces the old one; canceling a queued job ends it.
         let held = runner.slots.clone().acquire_owned().await.expect("permit");
