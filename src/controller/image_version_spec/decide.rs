@@ -1,35 +1,16 @@
-//! The ImageVersionSpec controller.
-//!
-//! - A **master** spec (`Add-ProvImageVersionSpec`) resolves its snapshot path on its hosting
-//!   unit and reports the master image, its disk size and `imageVersionSpecStatus`; failures are
-//!   `HostingUnitNotFound`, `HostingUnitMismatch` (the unit's connection is not one of the
-//!   definition's), `SnapshotNotFound`, `MasterImageNotASnapshot`, ...
-//! - A **prepared** spec (`New-ProvImageVersionSpec`) runs the preparation task
-//!   `Processing -> LocatingResources -> ConsolidatingMasterImage -> ReplicatingMasterImage ->
-//!   StoringImageVersionSpec -> Finished` as a background job of the shared
-//!   [`TaskRunner`](super::tasks::TaskRunner), records one instance per storage, honours the
-//!   cancel and retry annotations, and survives operator restarts (the backend's prepare is
-//!   idempotent and keyed by the spec's uid, so a restarted task finishes or redoes the work).
-//! - Deletion waits (finalizer `mcs.imaging.dev/image-version-spec`, condition `Ready=False`
-//!   reason `InUse` naming the users) while a provisioning scheme or a machine uses the spec,
-//!   then removes the prepared disks unless `deletionPolicy: Retain`.
+//! The decisions of the ImageVersionSpec controller: pure functions from what was read to the
+//! verdicts (master checks, prepared-spec checks), the task's next state, the desired status
+//! and the Events to publish. No I/O: the reconcile carries the plans out in `apply` and
+//! `report`.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::api::ListParams;
-use kube::runtime::controller::{Action, Controller};
-use kube::runtime::events::EventType;
-use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
-use kube::runtime::reflector::ObjectRef;
-use mcs_backend::{
-    Backend, BackendError, DeletePreparedRequest, MasterRef, MeasureRequest, Operation, Output,
-    PrepareRequest, PreparedImage,
-};
+use kube::runtime::events::{Event, EventType};
+use mcs_backend::{BackendError, MasterRef, Output, PrepareRequest, PreparedImage};
 use mcs_domain::inventory_path::{InventoryPath, PathError};
 use mcs_domain::rules::{
     HostingUnitFacts, ImageDefinitionFacts, PreparedSpecFacts, RuleError, check_machine_profile,
@@ -37,30 +18,24 @@ use mcs_domain::rules::{
 };
 use mcs_domain::task::{TaskState, TaskStatus, TaskType};
 
-use super::conditions::{DesiredCondition, merge};
-use super::events::publish;
-use super::status::{apply_status, field_manager};
-use super::tasks::{
-    TaskAction, TaskAnnotations, decide_task_action, follow_snapshot, remove_annotations,
-    report_blocked_deletion, run_once,
-};
-use super::{Context, ControllerError, requeue_after_error, watcher_config};
+use super::read::Resources;
 use crate::api::{
-    DeletionPolicy, HostingUnit, HypervisorConnection, ImageDefinition, ImageInstance, ImageStatus,
-    ImageVersion, ImageVersionSpec, ImageVersionSpecStatus, MasterImageSpec, PreparedImageSpec,
-    ProvScheme, ProvVm, SpecKind, condition_type,
+    DeletionPolicy, HostingUnit, ImageDefinition, ImageInstance, ImageStatus, ImageVersionSpec,
+    ImageVersionSpecStatus, MasterImageSpec, PreparedImageSpec, ProvScheme, ProvVm, SpecKind,
+    condition_type,
 };
-
-const CONTROLLER: &str = "imageversionspec";
-/// The finalizer that keeps a spec (and its disks) while it is in use.
-pub const FINALIZER: &str = "mcs.imaging.dev/image-version-spec";
+use crate::controller::conditions::{DesiredCondition, merge};
+use crate::controller::events::event;
+use crate::controller::tasks::{
+    JobSnapshot, TaskAction, TaskAnnotations, decide_task_action, follow_snapshot,
+};
 
 /// Who uses any of `specs`: provisioning schemes referencing one, and machines built from one.
 /// Sorted, for stable messages.
-pub fn users_of_specs(
+pub fn users_of_specs<'a>(
     specs: &BTreeSet<String>,
-    schemes: &[ProvScheme],
-    machines: &[ProvVm],
+    schemes: impl IntoIterator<Item = &'a ProvScheme>,
+    machines: impl IntoIterator<Item = &'a ProvVm>,
 ) -> Vec<String> {
     let mut users = BTreeSet::new();
     for scheme in schemes {
@@ -86,30 +61,15 @@ pub fn users_of_specs(
 }
 
 /// How many provisioning schemes reference one of `specs`.
-pub fn schemes_using(specs: &BTreeSet<String>, schemes: &[ProvScheme]) -> i32 {
+pub fn schemes_using<'a>(
+    specs: &BTreeSet<String>,
+    schemes: impl IntoIterator<Item = &'a ProvScheme>,
+) -> i32 {
     let n = schemes
-        .iter()
+        .into_iter()
         .filter(|s| specs.contains(&s.spec.image_version_spec_ref))
         .count();
     i32::try_from(n).unwrap_or(i32::MAX)
-}
-
-/// Lists the schemes and machines of `namespace` (for usage checks).
-pub async fn schemes_and_machines(
-    context: &Context,
-    namespace: &str,
-) -> Result<(Vec<ProvScheme>, Vec<ProvVm>), ControllerError> {
-    let schemes = context
-        .api::<ProvScheme>(namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let machines = context
-        .api::<ProvVm>(namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    Ok((schemes, machines))
 }
 
 /// A failure of a spec: the SDK reason (a task state name where there is one) and a message
@@ -125,7 +85,7 @@ pub struct SpecFailure {
 }
 
 impl SpecFailure {
-    fn new(state: TaskState, message: impl Into<String>) -> Self {
+    pub(super) fn new(state: TaskState, message: impl Into<String>) -> Self {
         Self {
             state,
             reason: state.as_str().to_string(),
@@ -133,7 +93,7 @@ impl SpecFailure {
         }
     }
 
-    fn with_reason(state: TaskState, reason: &str, message: impl Into<String>) -> Self {
+    pub(super) fn with_reason(state: TaskState, reason: &str, message: impl Into<String>) -> Self {
         Self {
             state,
             reason: reason.to_string(),
@@ -141,7 +101,7 @@ impl SpecFailure {
         }
     }
 
-    fn backend(error: &BackendError, context: &str) -> Self {
+    pub(super) fn backend(error: &BackendError, context: &str) -> Self {
         let state = error.task_state();
         let state = if TaskType::NewImageVersionSpec.is_failure_state(state) {
             state
@@ -174,7 +134,8 @@ pub struct LocatedMaster {
 }
 
 impl LocatedMaster {
-    fn master_ref(&self) -> MasterRef {
+    /// The backend's reference to the snapshot.
+    pub fn master_ref(&self) -> MasterRef {
         MasterRef {
             hosting_unit: self.hosting_unit.clone(),
             storages: self.storages.clone(),
@@ -240,7 +201,7 @@ pub fn check_master(
 pub fn check_unique(
     spec: &ImageVersionSpec,
     hosting_unit: &str,
-    all_specs: &[ImageVersionSpec],
+    all_specs: &[Arc<ImageVersionSpec>],
 ) -> Result<(), SpecFailure> {
     let hosting_unit_of = |s: &ImageVersionSpec| -> Option<String> {
         let source = &s.spec.prepared.as_ref()?.source_spec_ref;
@@ -404,7 +365,7 @@ pub fn complete_prepare(
     task.finish(now)
 }
 
-fn set_sizes(status: &mut ImageVersionSpecStatus, virtual_size: u64) {
+pub(super) fn set_sizes(status: &mut ImageVersionSpecStatus, virtual_size: u64) {
     const GIB: u64 = 1 << 30;
     status.disk_size_bytes = i64::try_from(virtual_size).ok();
     status.disk_size_gb = i64::try_from(virtual_size.div_ceil(GIB)).ok();
@@ -429,55 +390,6 @@ pub fn apply_result(
             let failure = SpecFailure::backend(error, "");
             task.fail(failure.state, failure.message, now)
         }
-    }
-}
-
-fn namespace_of(spec: &ImageVersionSpec) -> Result<String, ControllerError> {
-    spec.namespace().ok_or(ControllerError::MissingMetadata {
-        kind: "ImageVersionSpec",
-        field: "namespace",
-    })
-}
-
-fn job_key(namespace: &str, name: &str) -> String {
-    format!("imageversionspec/{namespace}/{name}")
-}
-
-/// Writes the status and publishes the events of state changes.
-async fn write(
-    context: &Context,
-    spec: &ImageVersionSpec,
-    status: &ImageVersionSpecStatus,
-) -> Result<(), ControllerError> {
-    let api = context.api::<ImageVersionSpec>(&namespace_of(spec)?);
-    apply_status(&api, spec, &field_manager(CONTROLLER), status).await?;
-    Ok(())
-}
-
-/// Publishes an Event for a task that changed state.
-async fn task_event(
-    context: &Context,
-    spec: &ImageVersionSpec,
-    before: Option<&TaskStatus>,
-    after: &TaskStatus,
-) {
-    for state in states_passed(before, after) {
-        let (type_, note) = if state.is_failure() || state == TaskState::Canceled {
-            (
-                EventType::Warning,
-                after
-                    .terminating_error
-                    .as_ref()
-                    .map(|e| e.message.clone())
-                    .unwrap_or_default(),
-            )
-        } else {
-            (
-                EventType::Normal,
-                format!("{} task {} is {state}", after.task_type, after.task_id),
-            )
-        };
-        publish(context, spec, type_, state.as_str(), "PrepareImage", note).await;
     }
 }
 
@@ -507,335 +419,6 @@ pub fn states_passed(before: Option<&TaskStatus>, after: &TaskStatus) -> Vec<Tas
     out
 }
 
-async fn reconcile(
-    spec: Arc<ImageVersionSpec>,
-    context: Arc<Context>,
-) -> Result<Action, ControllerError> {
-    let _timer = crate::metrics::global().reconcile(CONTROLLER);
-    let namespace = namespace_of(&spec)?;
-    let api = context.api::<ImageVersionSpec>(&namespace);
-    finalizer(&api, FINALIZER, spec, |event| async {
-        match event {
-            FinalizerEvent::Apply(spec) => apply(spec, &context).await,
-            FinalizerEvent::Cleanup(spec) => cleanup(spec, &context).await,
-        }
-    })
-    .await
-    .map_err(ControllerError::from)
-}
-
-async fn apply(spec: Arc<ImageVersionSpec>, context: &Context) -> Result<Action, ControllerError> {
-    match (&spec.spec.master, &spec.spec.prepared) {
-        (Some(master), _) => reconcile_master(&spec, master, context).await,
-        (None, Some(prepared)) => reconcile_prepared(&spec, prepared, context).await,
-        (None, None) => Ok(Action::await_change()),
-    }
-}
-
-/// The version and definition of a spec, or the reason they are missing.
-async fn version_and_definition(
-    context: &Context,
-    namespace: &str,
-    spec: &ImageVersionSpec,
-) -> Result<Result<(ImageVersion, ImageDefinition), SpecFailure>, ControllerError> {
-    let Some(version) = context
-        .api::<ImageVersion>(namespace)
-        .get_opt(&spec.spec.image_version_ref)
-        .await?
-    else {
-        return Ok(Err(SpecFailure::with_reason(
-            TaskState::UnexpectedError,
-            "ImageVersionNotFound",
-            format!(
-                "spec.imageVersionRef: image version '{}' was not found in the namespace",
-                spec.spec.image_version_ref
-            ),
-        )));
-    };
-    let Some(definition) = context
-        .api::<ImageDefinition>(namespace)
-        .get_opt(&version.spec.image_definition_ref)
-        .await?
-    else {
-        return Ok(Err(SpecFailure::with_reason(
-            TaskState::UnexpectedError,
-            "ImageDefinitionNotFound",
-            format!(
-                "image version '{}': image definition '{}' was not found in the namespace",
-                version.name_any(),
-                version.spec.image_definition_ref
-            ),
-        )));
-    };
-    Ok(Ok((version, definition)))
-}
-
-/// The hosting unit and its connection, when both exist.
-async fn unit_and_connection(
-    context: &Context,
-    namespace: &str,
-    unit: &str,
-) -> Result<(Option<HostingUnit>, Option<HypervisorConnection>), ControllerError> {
-    let unit = context.api::<HostingUnit>(namespace).get_opt(unit).await?;
-    let connection = match &unit {
-        Some(u) => {
-            context
-                .api::<HypervisorConnection>(namespace)
-                .get_opt(&u.spec.connection_ref)
-                .await?
-        }
-        None => None,
-    };
-    Ok((unit, connection))
-}
-
-fn backend_for(
-    context: &Context,
-    unit: &HostingUnit,
-    connection: Option<&HypervisorConnection>,
-) -> Result<Arc<dyn Backend>, SpecFailure> {
-    let connection = connection.ok_or_else(|| {
-        SpecFailure::with_reason(
-            TaskState::HostingUnitNotFound,
-            "HypervisorConnectionNotFound",
-            format!(
-                "hosting unit '{}': spec.connectionRef: hypervisor connection '{}' was not found in the namespace",
-                unit.name_any(),
-                unit.spec.connection_ref
-            ),
-        )
-    })?;
-    context
-        .backends
-        .for_hosting_unit(unit, connection)
-        .map_err(|e| SpecFailure::backend(&e, &format!("hosting unit '{}': ", unit.name_any())))
-}
-
-async fn reconcile_master(
-    spec: &ImageVersionSpec,
-    master: &MasterImageSpec,
-    context: &Context,
-) -> Result<Action, ControllerError> {
-    let namespace = namespace_of(spec)?;
-    let (schemes, _) = schemes_and_machines(context, &namespace).await?;
-    let current = spec.status.clone().unwrap_or_default();
-    let mut status = ImageVersionSpecStatus {
-        observed_generation: spec.metadata.generation,
-        spec_kind: Some(SpecKind::Master),
-        hosting_unit_name: Some(master.hosting_unit_ref.clone()),
-        provisioning_scheme_count: schemes_using(&BTreeSet::from([spec.name_any()]), &schemes),
-        ..ImageVersionSpecStatus::default()
-    };
-    let outcome = resolve_master(context, &namespace, spec, master, &mut status).await?;
-    let conditions = match &outcome {
-        Ok(()) => {
-            status.image_version_spec_status = ImageStatus::Success;
-            vec![
-                DesiredCondition::true_(
-                    condition_type::READY,
-                    "Available",
-                    format!(
-                        "master image {} on hosting unit '{}'",
-                        status.master_image.clone().unwrap_or_default(),
-                        master.hosting_unit_ref
-                    ),
-                ),
-                DesiredCondition::false_(condition_type::PROGRESSING, "Available", "resolved"),
-                DesiredCondition::false_(condition_type::DEGRADED, "Available", "resolved"),
-            ]
-        }
-        Err(failure) => {
-            status.image_version_spec_status = ImageStatus::Failed;
-            vec![
-                DesiredCondition::false_(condition_type::READY, &failure.reason, &failure.message),
-                DesiredCondition::false_(
-                    condition_type::PROGRESSING,
-                    &failure.reason,
-                    &failure.message,
-                ),
-                DesiredCondition::true_(
-                    condition_type::DEGRADED,
-                    &failure.reason,
-                    &failure.message,
-                ),
-            ]
-        }
-    };
-    status.conditions = merge(
-        &current.conditions,
-        &conditions,
-        spec.metadata.generation,
-        Timestamp::now(),
-    );
-    if status != current {
-        write(context, spec, &status).await?;
-        let was_reason = ready_reason(&current);
-        let now_reason = ready_reason(&status);
-        if was_reason != now_reason {
-            match &outcome {
-                Ok(()) => {
-                    publish(
-                        context,
-                        spec,
-                        EventType::Normal,
-                        "MasterImageResolved",
-                        "ResolveMasterImage",
-                        format!(
-                            "master image {} ({} bytes)",
-                            status.master_image.clone().unwrap_or_default(),
-                            status.disk_size_bytes.unwrap_or_default()
-                        ),
-                    )
-                    .await;
-                }
-                Err(failure) => {
-                    publish(
-                        context,
-                        spec,
-                        EventType::Warning,
-                        &failure.reason,
-                        "ResolveMasterImage",
-                        failure.message.clone(),
-                    )
-                    .await;
-                }
-            }
-        }
-    }
-    Ok(Action::requeue(if outcome.is_ok() {
-        context.config.resync.min(Duration::from_secs(120))
-    } else {
-        Duration::from_secs(10)
-    }))
-}
-
-/// Resolves a master spec: its version and definition, its hosting unit, the snapshot on disk.
-async fn resolve_master(
-    context: &Context,
-    namespace: &str,
-    spec: &ImageVersionSpec,
-    master: &MasterImageSpec,
-    status: &mut ImageVersionSpecStatus,
-) -> Result<Result<(), SpecFailure>, ControllerError> {
-    let definition = match version_and_definition(context, namespace, spec).await? {
-        Ok((_, definition)) => definition,
-        Err(failure) => return Ok(Err(failure)),
-    };
-    let (unit, connection) =
-        unit_and_connection(context, namespace, &master.hosting_unit_ref).await?;
-    let located = match check_master(master, unit.as_ref(), &definition, "spec.master") {
-        Ok(located) => located,
-        Err(failure) => return Ok(Err(failure)),
-    };
-    status.master_image = Some(located.relative.clone());
-    let Some(unit) = unit else {
-        return Ok(Err(SpecFailure::new(TaskState::HostingUnitNotFound, "")));
-    };
-    let backend = match backend_for(context, &unit, connection.as_ref()) {
-        Ok(backend) => backend,
-        Err(failure) => return Ok(Err(failure)),
-    };
-    let op = Operation::Measure(MeasureRequest {
-        master: located.master_ref(),
-    });
-    Ok(match run_once(backend.as_ref(), op).await {
-        Ok(Output::Measurement(m)) => {
-            set_sizes(status, m.virtual_size);
-            Ok(())
-        }
-        Ok(other) => Err(SpecFailure::new(
-            TaskState::UnexpectedError,
-            format!("the backend answered a measure with {other:?}"),
-        )),
-        Err(error) => Err(SpecFailure::backend(
-            &error,
-            "spec.master.masterImagePath: ",
-        )),
-    })
-}
-
-fn ready_reason(status: &ImageVersionSpecStatus) -> Option<(String, String)> {
-    status
-        .conditions
-        .iter()
-        .find(|c| c.type_ == condition_type::READY)
-        .map(|c| (c.status.clone(), c.reason.clone()))
-}
-
-/// Everything a prepare needs, located.
-struct PreparePlan {
-    backend: Arc<dyn Backend>,
-    request: PrepareRequest,
-    master: LocatedMaster,
-}
-
-/// Locates the resources of a prepare (the task's `LocatingResources` step).
-async fn locate_prepare(
-    context: &Context,
-    spec: &ImageVersionSpec,
-    prepared: &PreparedImageSpec,
-) -> Result<Result<PreparePlan, SpecFailure>, ControllerError> {
-    let namespace = namespace_of(spec)?;
-    let (_, definition) = match version_and_definition(context, &namespace, spec).await? {
-        Ok(found) => found,
-        Err(failure) => return Ok(Err(failure)),
-    };
-    let all_specs = context
-        .api::<ImageVersionSpec>(&namespace)
-        .list(&ListParams::default())
-        .await?
-        .items;
-    let source_field = field::PREPARED_SOURCE_SPEC_REF;
-    let Some(source) = all_specs
-        .iter()
-        .find(|s| s.name_any() == prepared.source_spec_ref)
-    else {
-        return Ok(Err(SpecFailure::with_reason(
-            TaskState::SnapshotNotFound,
-            "ImageVersionSpecNotFound",
-            format!(
-                "{source_field}: image version spec '{}' was not found in the namespace",
-                prepared.source_spec_ref
-            ),
-        )));
-    };
-    let Some(master) = &source.spec.master else {
-        return Ok(Err(SpecFailure::new(
-            TaskState::MasterImageNotASnapshot,
-            format!(
-                "{source_field}: image version spec '{}' is a prepared spec; a prepared spec is made from a master spec",
-                prepared.source_spec_ref
-            ),
-        )));
-    };
-    let (unit, connection) =
-        unit_and_connection(context, &namespace, &master.hosting_unit_ref).await?;
-    let prefix = format!("{source_field} '{}': spec.master", prepared.source_spec_ref);
-    let plan = (|| {
-        let located = check_master(master, unit.as_ref(), &definition, &prefix)?;
-        check_unique(spec, &located.hosting_unit, &all_specs)?;
-        let unit = unit
-            .as_ref()
-            .ok_or_else(|| SpecFailure::new(TaskState::HostingUnitNotFound, ""))?;
-        check_prepared_networks(prepared, unit)?;
-        let backend = backend_for(context, unit, connection.as_ref())?;
-        let uid = spec.uid().ok_or_else(|| {
-            SpecFailure::new(TaskState::UnexpectedError, "the spec has no metadata.uid")
-        })?;
-        Ok(PreparePlan {
-            backend,
-            request: PrepareRequest {
-                image_id: uid,
-                master: located.master_ref(),
-                target_storages: located.storages.clone(),
-                owner: super::backends::owner(spec, spec.spec.deletion_policy),
-            },
-            master: located,
-        })
-    })();
-    Ok(plan)
-}
-
 /// Checks `spec.prepared.networkMapping` (NIC indexes as keys, each value a network path
 /// within the master's hosting unit naming one of its networks), then
 /// `spec.prepared.machineProfile` (an item within that hosting unit).
@@ -851,7 +434,7 @@ fn check_prepared_networks(
     if errors.is_empty() {
         let networks: BTreeSet<&str> = unit.spec.networks.iter().map(|n| n.name.as_str()).collect();
         for (nic, path) in &prepared.network_mapping {
-            if let Some(name) = super::prov_scheme::leaf_name(path)
+            if let Some(name) = crate::controller::prov_scheme::leaf_name(path)
                 && !networks.contains(name.as_str())
             {
                 errors.push(RuleError::NetworkPathResolutionFailed {
@@ -897,34 +480,6 @@ const WAIT_FOR_REASONS: [&str; 3] = [
     "ImageVersionSpecNotFound",
 ];
 
-/// Publishes a Warning when a prepared spec starts waiting for a missing object (or for
-/// another one), so the missing reference shows in `kubectl get events` as well.
-async fn waiting_event(
-    context: &Context,
-    spec: &ImageVersionSpec,
-    before: &ImageVersionSpecStatus,
-    after: &ImageVersionSpecStatus,
-    failure: &SpecFailure,
-) {
-    let said = |s: &ImageVersionSpecStatus| {
-        s.conditions
-            .iter()
-            .find(|c| c.type_ == condition_type::READY)
-            .map(|c| c.message.clone())
-    };
-    if said(before) != said(after) {
-        publish(
-            context,
-            spec,
-            EventType::Warning,
-            &failure.reason,
-            "PrepareImage",
-            format!("waiting: {}", failure.message),
-        )
-        .await;
-    }
-}
-
 /// The conditions of a prepared spec that waits for an object it references.
 fn waiting_conditions(failure: &SpecFailure) -> Vec<DesiredCondition> {
     let message = format!("waiting: {}", failure.message);
@@ -941,6 +496,7 @@ fn prepared_status(
     current: &ImageVersionSpecStatus,
     task: Option<&TaskStatus>,
     scheme_count: i32,
+    now: Timestamp,
 ) -> ImageVersionSpecStatus {
     let finished = task.is_some_and(|t| t.task_state == TaskState::Finished);
     ImageVersionSpecStatus {
@@ -962,165 +518,9 @@ fn prepared_status(
             &current.conditions,
             &task_conditions(task),
             spec.metadata.generation,
-            Timestamp::now(),
+            now,
         ),
     }
-}
-
-async fn reconcile_prepared(
-    spec: &ImageVersionSpec,
-    prepared: &PreparedImageSpec,
-    context: &Context,
-) -> Result<Action, ControllerError> {
-    let namespace = namespace_of(spec)?;
-    let name = spec.name_any();
-    let key = job_key(&namespace, &name);
-    let (schemes, _) = schemes_and_machines(context, &namespace).await?;
-    let scheme_count = schemes_using(&BTreeSet::from([name.clone()]), &schemes);
-    let current = spec.status.clone().unwrap_or_default();
-    let before = current.task.clone();
-    let annotations = TaskAnnotations::read(spec.annotations());
-    let job = before
-        .as_ref()
-        .and_then(|t| context.tasks.snapshot_of(&key, &t.task_id));
-    let new_generation = current
-        .observed_generation
-        .is_some_and(|g| Some(g) != spec.metadata.generation);
-    let action = decide_task_action(before.as_ref(), job.is_some(), &annotations, new_generation);
-    let now = Timestamp::now();
-    let mut scratch = current.clone();
-    let mut task = before.clone();
-    let mut urgent = true;
-    let mut waiting: Option<SpecFailure> = None;
-    match action {
-        TaskAction::Start | TaskAction::Resume => {
-            let mut t = match (action, &before) {
-                (TaskAction::Resume, Some(t)) => {
-                    let mut t = t.clone();
-                    // A terminal task is never resumed; `decide_task_action` guarantees it.
-                    let _ = t.resume(now);
-                    t
-                }
-                _ => {
-                    context.tasks.forget(&key).await;
-                    let mut t = TaskStatus::start(
-                        TaskType::NewImageVersionSpec,
-                        uuid::Uuid::new_v4().to_string(),
-                        now,
-                    );
-                    let _ = t.advance(TaskState::LocatingResources, now);
-                    scratch.instances.clear();
-                    t
-                }
-            };
-            match locate_prepare(context, spec, prepared).await? {
-                Ok(plan) => {
-                    scratch.hosting_unit_name = Some(plan.master.hosting_unit.clone());
-                    scratch.master_image = Some(plan.master.relative.clone());
-                    context
-                        .tasks
-                        .spawn(
-                            &key,
-                            &t.task_id,
-                            plan.backend,
-                            Operation::Prepare(plan.request),
-                        )
-                        .await;
-                    if action == TaskAction::Resume {
-                        tracing::info!(key, task_id = t.task_id, state = %t.task_state, "task resumed after restart");
-                    }
-                }
-                Err(failure)
-                    if before.is_none() && WAIT_FOR_REASONS.contains(&failure.reason.as_str()) =>
-                {
-                    waiting = Some(failure);
-                }
-                Err(failure) => {
-                    // A state this task type cannot fail in would leave the task running
-                    // forever: fail it as UnexpectedError, naming the state.
-                    if t.fail(failure.state, failure.message.clone(), now).is_err() {
-                        let _ = t.fail(
-                            TaskState::UnexpectedError,
-                            format!("{}: {}", failure.state, failure.message),
-                            now,
-                        );
-                    }
-                }
-            }
-            if waiting.is_none() {
-                task = Some(t);
-            }
-        }
-        TaskAction::Follow => {
-            if let (Some(t), Some(snapshot)) = (task.as_mut(), job.as_ref()) {
-                let storages = prepared_storages(context, &namespace, &current).await;
-                let _ = follow_snapshot(t, snapshot, image_step_percent(storages), now);
-                if let Some(result) = &snapshot.result {
-                    let _ = apply_result(t, &mut scratch, result, now);
-                    context.tasks.forget(&key).await;
-                }
-                urgent = before.as_ref().is_none_or(|b| {
-                    b.task_state != t.task_state || b.task_progress == 0 && t.task_progress > 0
-                });
-            }
-        }
-        TaskAction::Cancel => {
-            context.tasks.forget(&key).await;
-            if let Some(t) = task.as_mut() {
-                let _ = t.cancel(
-                    "canceled by the annotation mcs.imaging.dev/cancel; partial disks removed",
-                    now,
-                );
-            }
-            remove_prepared_disks(context, spec, &namespace, &current, DeletionPolicy::Delete)
-                .await;
-        }
-        TaskAction::Idle => {}
-    }
-    let mut status = prepared_status(spec, &scratch, task.as_ref(), scheme_count);
-    if let Some(failure) = &waiting {
-        status.conditions = merge(
-            &current.conditions,
-            &waiting_conditions(failure),
-            spec.metadata.generation,
-            now,
-        );
-    }
-    let running = task.as_ref().is_some_and(|t| !t.is_terminal());
-    let mut requeue = if running {
-        context.tasks.follow_interval()
-    } else if waiting.is_some() {
-        Duration::from_secs(5)
-    } else if status.image_version_spec_status == ImageStatus::Success {
-        context.config.resync
-    } else {
-        Duration::from_secs(30)
-    };
-    let clock_only = without_clock(&status) == without_clock(&current);
-    let clock_stale = current
-        .task
-        .as_ref()
-        .is_none_or(|t| now.duration_since(t.last_update_time) >= CLOCK_REFRESH);
-    if status != current && (!clock_only || clock_stale) {
-        match context.tasks.may_write(&key, urgent) {
-            Ok(()) => {
-                write(context, spec, &status).await?;
-                if let Some(after) = &task {
-                    task_event(context, spec, before.as_ref(), after).await;
-                }
-                if let Some(failure) = &waiting {
-                    waiting_event(context, spec, &current, &status, failure).await;
-                }
-            }
-            Err(wait) => requeue = wait,
-        }
-    }
-    let consumed = annotations.consumed(action, running);
-    if !consumed.is_empty() {
-        let api = context.api::<ImageVersionSpec>(&namespace);
-        remove_annotations(&api, &name, &consumed).await?;
-    }
-    Ok(Action::requeue(requeue))
 }
 
 /// How often a running task whose only change is the clock (e.g. one waiting for a slot) is
@@ -1138,184 +538,575 @@ pub fn without_clock(status: &ImageVersionSpecStatus) -> ImageVersionSpecStatus 
     out
 }
 
-/// How many storages the prepare writes to (for the progress mapping).
-async fn prepared_storages(
-    context: &Context,
-    namespace: &str,
-    current: &ImageVersionSpecStatus,
-) -> usize {
-    let Some(unit) = current.hosting_unit_name.as_deref() else {
-        return 1;
-    };
-    match context.api::<HostingUnit>(namespace).get_opt(unit).await {
-        Ok(Some(u)) => u.spec.storages.len(),
-        _ => 1,
-    }
-}
-
-/// Removes (or retains) the prepared image of `spec` on the storages of its hosting unit.
-/// Returns what happened, as an event note; `None` when nothing could be done.
-async fn remove_prepared_disks(
-    context: &Context,
+/// The version's image definition, or why the spec cannot use it.
+fn version_and_definition<'r>(
     spec: &ImageVersionSpec,
-    namespace: &str,
-    status: &ImageVersionSpecStatus,
-    policy: DeletionPolicy,
-) -> Option<Result<String, BackendError>> {
-    let uid = spec.uid()?;
-    let unit_name = status.hosting_unit_name.as_deref()?;
-    let (unit, connection) = unit_and_connection(context, namespace, unit_name)
-        .await
-        .ok()?;
-    let unit = unit?;
-    let backend = backend_for(context, &unit, connection.as_ref()).ok()?;
-    let op = Operation::DeletePreparedImage(DeletePreparedRequest {
-        image_id: uid,
-        storages: unit.spec.storages.iter().map(|s| s.name.clone()).collect(),
-        policy: match policy {
-            DeletionPolicy::Delete => mcs_backend::DeletionPolicy::Delete,
-            DeletionPolicy::Retain => mcs_backend::DeletionPolicy::Retain,
-        },
-    });
-    Some(match run_once(backend.as_ref(), op).await {
-        Ok(Output::Deleted(outcome)) => Ok(format!(
-            "{} files removed, {} retained",
-            outcome.removed.len(),
-            outcome.retained.len()
-        )),
-        Ok(other) => Ok(format!("backend answered {other:?}")),
-        Err(error) => Err(error),
+    resources: &'r Resources,
+) -> Result<&'r ImageDefinition, SpecFailure> {
+    let Some(version) = resources.version.as_deref() else {
+        return Err(SpecFailure::with_reason(
+            TaskState::UnexpectedError,
+            "ImageVersionNotFound",
+            format!(
+                "spec.imageVersionRef: image version '{}' was not found in the namespace",
+                spec.spec.image_version_ref
+            ),
+        ));
+    };
+    resources.definition.as_deref().ok_or_else(|| {
+        SpecFailure::with_reason(
+            TaskState::UnexpectedError,
+            "ImageDefinitionNotFound",
+            format!(
+                "image version '{}': image definition '{}' was not found in the namespace",
+                version.name_any(),
+                version.spec.image_definition_ref
+            ),
+        )
     })
 }
 
-async fn cleanup(
-    spec: Arc<ImageVersionSpec>,
-    context: &Context,
-) -> Result<Action, ControllerError> {
-    let namespace = namespace_of(&spec)?;
-    let name = spec.name_any();
-    let (schemes, machines) = schemes_and_machines(context, &namespace).await?;
-    let users = users_of_specs(&BTreeSet::from([name.clone()]), &schemes, &machines);
-    let current = spec.status.clone().unwrap_or_default();
-    if !users.is_empty() {
-        let error = ControllerError::InUse {
-            object: format!("image version spec '{name}'"),
-            users,
-        };
-        let object: &_ = spec.as_ref();
-        report_blocked_deletion(context, object, &current.conditions, &error, |conditions| {
-            let status = ImageVersionSpecStatus {
-                conditions,
-                observed_generation: object.metadata.generation,
-                ..current.clone()
-            };
-            async move { write(context, object, &status).await }
-        })
-        .await?;
-        return Err(error);
+/// Whether the hosting unit's backend could be had (`read` resolved it), as a verdict.
+fn backend_ready(resources: &Resources) -> Result<(), SpecFailure> {
+    match &resources.backend {
+        Some(Ok(_)) => Ok(()),
+        Some(Err(failure)) => Err(failure.clone()),
+        None => Err(SpecFailure::new(TaskState::HostingUnitNotFound, "")),
     }
-    if spec.spec.prepared.is_some() {
-        context.tasks.forget(&job_key(&namespace, &name)).await;
-        let policy = spec.spec.deletion_policy;
-        match remove_prepared_disks(context, &spec, &namespace, &current, policy).await {
-            Some(Ok(note)) => {
-                publish(
-                    context,
-                    spec.as_ref(),
-                    EventType::Normal,
-                    if policy == DeletionPolicy::Retain {
-                        "DisksRetained"
-                    } else {
-                        "DisksRemoved"
-                    },
-                    "Delete",
-                    note,
-                )
-                .await;
-            }
-            Some(Err(error)) => return Err(error.into()),
-            None => {
-                publish(
-                    context,
-                    spec.as_ref(),
-                    EventType::Warning,
-                    "DisksNotRemoved",
-                    "Delete",
-                    "the hosting unit or its connection is gone; prepared disks, if any, were left on storage".into(),
-                )
-                .await;
-            }
+}
+
+/// The next step of a master spec.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MasterStep {
+    /// The snapshot is located: measure it on disk.
+    Measure(LocatedMaster),
+    /// The spec cannot be resolved (the master image's relative path when it was located).
+    Failed {
+        /// `status.masterImage`, when the path was located before the failure.
+        master_image: Option<String>,
+        /// Why.
+        failure: SpecFailure,
+    },
+}
+
+/// Checks a master spec: its version and definition, its hosting unit, the snapshot path, the
+/// backend.
+pub fn master_step(
+    spec: &ImageVersionSpec,
+    master: &MasterImageSpec,
+    resources: &Resources,
+) -> MasterStep {
+    let failed = |master_image, failure| MasterStep::Failed {
+        master_image,
+        failure,
+    };
+    let definition = match version_and_definition(spec, resources) {
+        Ok(definition) => definition,
+        Err(failure) => return failed(None, failure),
+    };
+    match check_master(master, resources.unit.as_deref(), definition, "spec.master") {
+        Err(failure) => failed(None, failure),
+        Ok(located) => match backend_ready(resources) {
+            Ok(()) => MasterStep::Measure(located),
+            Err(failure) => failed(Some(located.relative), failure),
+        },
+    }
+}
+
+/// What resolving a master spec found: its relative path and its disk size, or why not.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MasterOutcome {
+    /// `status.masterImage`, when located.
+    pub master_image: Option<String>,
+    /// The snapshot's virtual size in bytes, or the failure.
+    pub size: Result<u64, SpecFailure>,
+}
+
+impl MasterOutcome {
+    /// The outcome of a step that did not get to measuring.
+    pub fn of_failed(master_image: Option<String>, failure: SpecFailure) -> Self {
+        Self {
+            master_image,
+            size: Err(failure),
         }
     }
-    Ok(Action::await_change())
+
+    /// The outcome of a measurement of `located`.
+    pub fn measured(located: &LocatedMaster, result: Result<Output, BackendError>) -> Self {
+        let size = match result {
+            Ok(Output::Measurement(m)) => Ok(m.virtual_size),
+            Ok(other) => Err(SpecFailure::new(
+                TaskState::UnexpectedError,
+                format!("the backend answered a measure with {other:?}"),
+            )),
+            Err(error) => Err(SpecFailure::backend(
+                &error,
+                "spec.master.masterImagePath: ",
+            )),
+        };
+        Self {
+            master_image: Some(located.relative.clone()),
+            size,
+        }
+    }
 }
 
-fn error_policy(
-    _spec: Arc<ImageVersionSpec>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    requeue_after_error(CONTROLLER, error)
+/// A status to write (when `write`), the Events to publish after it, and when to look again.
+pub struct StatusPlan {
+    /// The desired status.
+    pub status: ImageVersionSpecStatus,
+    /// Whether it differs from the stored one.
+    pub write: bool,
+    /// The Events to publish once it is written.
+    pub events: Vec<Event>,
+    /// When to reconcile again.
+    pub requeue: Duration,
 }
 
-/// Runs the ImageVersionSpec controller until the stream ends.
-pub async fn run(context: Arc<Context>) {
-    let specs = context.watched_api::<ImageVersionSpec>();
-    let controller =
-        Controller::new(specs, watcher_config()).trigger_backoff(super::trigger_backoff());
-    let store = controller.store();
-    context.caches.track(CONTROLLER, store.clone());
-    let unit_store = store.clone();
-    controller
-        .watches(
-            context.watched_api::<ProvScheme>(),
-            watcher_config(),
-            |scheme: ProvScheme| {
-                scheme.namespace().map(|ns| {
-                    ObjectRef::<ImageVersionSpec>::new(&scheme.spec.image_version_spec_ref)
-                        .within(&ns)
-                })
-            },
-        )
-        .watches(
-            context.watched_api::<HostingUnit>(),
-            watcher_config(),
-            move |unit: HostingUnit| {
-                let namespace = unit.namespace();
-                let name = unit.name_any();
-                unit_store
-                    .state()
-                    .into_iter()
-                    .filter(move |s| {
-                        s.namespace() == namespace
-                            && s.spec
-                                .master
-                                .as_ref()
-                                .is_some_and(|m| m.hosting_unit_ref == name)
-                    })
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-            },
-        )
-        .watches(
-            context.watched_api::<ImageVersion>(),
-            watcher_config(),
-            move |version: ImageVersion| {
-                let namespace = version.namespace();
-                let name = version.name_any();
-                store
-                    .state()
-                    .into_iter()
-                    .filter(move |s| s.namespace() == namespace && s.spec.image_version_ref == name)
-                    .map(|s| ObjectRef::from_obj(s.as_ref()))
-            },
-        )
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
+/// The status of a master spec after `outcome`, with an Event when its readiness changes.
+pub fn master_plan(
+    spec: &ImageVersionSpec,
+    master: &MasterImageSpec,
+    outcome: &MasterOutcome,
+    scheme_count: i32,
+    now: Timestamp,
+    resync: Duration,
+) -> StatusPlan {
+    let current = spec.status.clone().unwrap_or_default();
+    let mut status = ImageVersionSpecStatus {
+        observed_generation: spec.metadata.generation,
+        spec_kind: Some(SpecKind::Master),
+        hosting_unit_name: Some(master.hosting_unit_ref.clone()),
+        provisioning_scheme_count: scheme_count,
+        master_image: outcome.master_image.clone(),
+        ..ImageVersionSpecStatus::default()
+    };
+    let (conditions, event) = match &outcome.size {
+        Ok(size) => {
+            set_sizes(&mut status, *size);
+            status.image_version_spec_status = ImageStatus::Success;
+            let image = status.master_image.clone().unwrap_or_default();
+            (
+                vec![
+                    DesiredCondition::true_(
+                        condition_type::READY,
+                        "Available",
+                        format!(
+                            "master image {image} on hosting unit '{}'",
+                            master.hosting_unit_ref
+                        ),
+                    ),
+                    DesiredCondition::false_(condition_type::PROGRESSING, "Available", "resolved"),
+                    DesiredCondition::false_(condition_type::DEGRADED, "Available", "resolved"),
+                ],
+                event(
+                    EventType::Normal,
+                    "MasterImageResolved",
+                    "ResolveMasterImage",
+                    format!(
+                        "master image {image} ({} bytes)",
+                        status.disk_size_bytes.unwrap_or_default()
+                    ),
+                ),
+            )
+        }
+        Err(failure) => {
+            status.image_version_spec_status = ImageStatus::Failed;
+            (
+                failure_conditions(&failure.reason, &failure.message),
+                event(
+                    EventType::Warning,
+                    &failure.reason,
+                    "ResolveMasterImage",
+                    failure.message.clone(),
+                ),
+            )
+        }
+    };
+    status.conditions = merge(
+        &current.conditions,
+        &conditions,
+        spec.metadata.generation,
+        now,
+    );
+    let events = if ready_reason(&current) == ready_reason(&status) {
+        Vec::new()
+    } else {
+        vec![event]
+    };
+    StatusPlan {
+        write: status != current,
+        status,
+        events,
+        requeue: if outcome.size.is_ok() {
+            resync.min(Duration::from_secs(120))
+        } else {
+            Duration::from_secs(10)
+        },
+    }
+}
+
+/// `Ready=False`, `Progressing=False`, `Degraded=True`, all with `reason` and `message`.
+fn failure_conditions(reason: &str, message: &str) -> Vec<DesiredCondition> {
+    vec![
+        DesiredCondition::false_(condition_type::READY, reason, message),
+        DesiredCondition::false_(condition_type::PROGRESSING, reason, message),
+        DesiredCondition::true_(condition_type::DEGRADED, reason, message),
+    ]
+}
+
+fn ready_reason(status: &ImageVersionSpecStatus) -> Option<(String, String)> {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == condition_type::READY)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// A prepare located: the master snapshot and the request for the backend.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Prepare {
+    /// The master snapshot, on the source spec's hosting unit.
+    pub master: LocatedMaster,
+    /// What the backend is asked to do.
+    pub request: PrepareRequest,
+}
+
+/// Locates the resources of a prepare (the task's `LocatingResources` step): the version and
+/// definition, the source master spec, its hosting unit, uniqueness per version and unit, the
+/// network mapping and machine profile, the backend.
+pub fn locate_prepare(
+    spec: &ImageVersionSpec,
+    prepared: &PreparedImageSpec,
+    resources: &Resources,
+) -> Result<Prepare, SpecFailure> {
+    let definition = version_and_definition(spec, resources)?;
+    let source_field = field::PREPARED_SOURCE_SPEC_REF;
+    let Some(source) = resources.source.as_deref() else {
+        return Err(SpecFailure::with_reason(
+            TaskState::SnapshotNotFound,
+            "ImageVersionSpecNotFound",
+            format!(
+                "{source_field}: image version spec '{}' was not found in the namespace",
+                prepared.source_spec_ref
+            ),
+        ));
+    };
+    let Some(master) = &source.spec.master else {
+        return Err(SpecFailure::new(
+            TaskState::MasterImageNotASnapshot,
+            format!(
+                "{source_field}: image version spec '{}' is a prepared spec; a prepared spec is made from a master spec",
+                prepared.source_spec_ref
+            ),
+        ));
+    };
+    let prefix = format!("{source_field} '{}': spec.master", prepared.source_spec_ref);
+    let located = check_master(master, resources.unit.as_deref(), definition, &prefix)?;
+    check_unique(spec, &located.hosting_unit, &resources.specs)?;
+    let unit = resources
+        .unit
+        .as_deref()
+        .ok_or_else(|| SpecFailure::new(TaskState::HostingUnitNotFound, ""))?;
+    check_prepared_networks(prepared, unit)?;
+    backend_ready(resources)?;
+    let uid = spec.uid().ok_or_else(|| {
+        SpecFailure::new(TaskState::UnexpectedError, "the spec has no metadata.uid")
+    })?;
+    Ok(Prepare {
+        request: PrepareRequest {
+            image_id: uid,
+            master: located.master_ref(),
+            target_storages: located.storages.clone(),
+            owner: crate::controller::backends::owner(spec, spec.spec.deletion_policy),
+        },
+        master: located,
+    })
+}
+
+/// The task action for a prepared spec, and its task annotations.
+pub fn task_action(spec: &ImageVersionSpec, job_known: bool) -> (TaskAction, TaskAnnotations) {
+    let current = spec.status.as_ref();
+    let annotations = TaskAnnotations::read(spec.annotations());
+    let new_generation = current
+        .and_then(|s| s.observed_generation)
+        .is_some_and(|g| Some(g) != spec.metadata.generation);
+    let task = current.and_then(|s| s.task.as_ref());
+    let action = decide_task_action(task, job_known, &annotations, new_generation);
+    (action, annotations)
+}
+
+/// Whether `action` locates the prepare's resources (a task starts or resumes).
+pub fn locates(action: TaskAction) -> bool {
+    matches!(action, TaskAction::Start | TaskAction::Resume)
+}
+
+/// When a prepared spec is looked at again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Timing {
+    /// While the task runs.
+    pub follow: Duration,
+    /// Once it has succeeded.
+    pub resync: Duration,
+}
+
+/// What a reconcile of a prepared spec knows before deciding.
+#[derive(Clone, Debug)]
+pub struct PreparedInput<'a> {
+    /// The spec.
+    pub spec: &'a ImageVersionSpec,
+    /// The task action ([`task_action`]).
+    pub action: TaskAction,
+    /// The task annotations ([`task_action`]).
+    pub annotations: TaskAnnotations,
+    /// What this process's job for the task last reported.
+    pub job: Option<&'a JobSnapshot>,
+    /// The located prepare, for [`TaskAction::Start`] and [`TaskAction::Resume`].
+    pub located: Option<Result<Prepare, SpecFailure>>,
+    /// How many provisioning schemes reference the spec.
+    pub scheme_count: i32,
+    /// How many storages the prepare writes to (for the progress mapping).
+    pub storages: usize,
+    /// The id a new task gets.
+    pub new_task_id: String,
+    /// The time.
+    pub now: Timestamp,
+    /// When to look again.
+    pub timing: Timing,
+}
+
+/// What one reconcile of a prepared spec does, in this order: forget this process's job,
+/// remove the partial disks, start the job, write the status (when `write`, as the task
+/// runner's write limit allows), publish `events`, remove the `consumed` annotations.
+pub struct PreparedPlan {
+    /// The task action decided.
+    pub action: TaskAction,
+    /// Forget the job of this process for the spec (a new task, a cancel, a result taken).
+    pub forget_job: bool,
+    /// Remove the partial prepared disks (a cancel).
+    pub remove_disks: bool,
+    /// Start the backend job for the task with this request.
+    pub start: Option<PrepareRequest>,
+    /// The task after this reconcile.
+    pub task: Option<TaskStatus>,
+    /// The desired status, and the Events once written.
+    pub report: StatusPlan,
+    /// Whether the write is a state change (written at once) rather than progress.
+    pub urgent: bool,
+    /// The annotations this reconcile handled.
+    pub consumed: Vec<&'static str>,
+}
+
+/// Decides a reconcile of a prepared spec: the task's next state, the job to start or forget,
+/// the status and Events.
+pub fn prepared(input: PreparedInput<'_>) -> PreparedPlan {
+    let PreparedInput { spec, now, .. } = input;
+    let current = spec.status.clone().unwrap_or_default();
+    let before = current.task.clone();
+    let mut scratch = current.clone();
+    let mut task = before.clone();
+    let mut urgent = true;
+    let mut waiting: Option<SpecFailure> = None;
+    let (mut forget_job, mut remove_disks, mut start) = (false, false, None);
+    match input.action {
+        TaskAction::Start | TaskAction::Resume => {
+            let mut t = match (input.action, &before) {
+                (TaskAction::Resume, Some(t)) => {
+                    let mut t = t.clone();
+                    // A terminal task is never resumed; `decide_task_action` guarantees it.
+                    let _ = t.resume(now);
+                    t
+                }
+                _ => {
+                    forget_job = true;
+                    let mut t =
+                        TaskStatus::start(TaskType::NewImageVersionSpec, input.new_task_id, now);
+                    let _ = t.advance(TaskState::LocatingResources, now);
+                    scratch.instances.clear();
+                    t
+                }
+            };
+            let located = input.located.unwrap_or_else(|| {
+                Err(SpecFailure::new(
+                    TaskState::UnexpectedError,
+                    "the prepare's resources were not located",
+                ))
+            });
+            match located {
+                Ok(prepare) => {
+                    scratch.hosting_unit_name = Some(prepare.master.hosting_unit.clone());
+                    scratch.master_image = Some(prepare.master.relative.clone());
+                    start = Some(prepare.request);
+                }
+                Err(failure)
+                    if before.is_none() && WAIT_FOR_REASONS.contains(&failure.reason.as_str()) =>
+                {
+                    waiting = Some(failure);
+                }
+                Err(failure) => fail_task(&mut t, &failure, now),
+            }
+            if waiting.is_none() {
+                task = Some(t);
+            }
+        }
+        TaskAction::Follow => {
+            if let (Some(t), Some(snapshot)) = (task.as_mut(), input.job) {
+                let _ = follow_snapshot(t, snapshot, image_step_percent(input.storages), now);
+                if let Some(result) = &snapshot.result {
+                    let _ = apply_result(t, &mut scratch, result, now);
+                    forget_job = true;
+                }
+                urgent = before.as_ref().is_none_or(|b| {
+                    b.task_state != t.task_state || b.task_progress == 0 && t.task_progress > 0
+                });
+            }
+        }
+        TaskAction::Cancel => {
+            forget_job = true;
+            remove_disks = true;
+            if let Some(t) = task.as_mut() {
+                let _ = t.cancel(
+                    "canceled by the annotation mcs.imaging.dev/cancel; partial disks removed",
+                    now,
+                );
+            }
+        }
+        TaskAction::Idle => {}
+    }
+    let mut status = prepared_status(spec, &scratch, task.as_ref(), input.scheme_count, now);
+    if let Some(failure) = &waiting {
+        status.conditions = merge(
+            &current.conditions,
+            &waiting_conditions(failure),
+            spec.metadata.generation,
+            now,
+        );
+    }
+    let running = task.as_ref().is_some_and(|t| !t.is_terminal());
+    let requeue = if running {
+        input.timing.follow
+    } else if waiting.is_some() {
+        Duration::from_secs(5)
+    } else if status.image_version_spec_status == ImageStatus::Success {
+        input.timing.resync
+    } else {
+        Duration::from_secs(30)
+    };
+    let clock_only = without_clock(&status) == without_clock(&current);
+    let clock_stale = current
+        .task
+        .as_ref()
+        .is_none_or(|t| now.duration_since(t.last_update_time) >= CLOCK_REFRESH);
+    let mut events = task
+        .as_ref()
+        .map(|after| task_events(before.as_ref(), after))
+        .unwrap_or_default();
+    events.extend(
+        waiting
+            .as_ref()
+            .and_then(|failure| waiting_event(&current, &status, failure)),
+    );
+    PreparedPlan {
+        action: input.action,
+        forget_job,
+        remove_disks,
+        start,
+        consumed: input.annotations.consumed(input.action, running),
+        task,
+        urgent,
+        report: StatusPlan {
+            write: status != current && (!clock_only || clock_stale),
+            status,
+            events,
+            requeue,
+        },
+    }
+}
+
+/// Fails `task` with `failure`; a state this task type cannot fail in would leave the task
+/// running forever, so that one fails as `UnexpectedError`, naming the state.
+fn fail_task(task: &mut TaskStatus, failure: &SpecFailure, now: Timestamp) {
+    if task
+        .fail(failure.state, failure.message.clone(), now)
+        .is_err()
+    {
+        let _ = task.fail(
+            TaskState::UnexpectedError,
+            format!("{}: {}", failure.state, failure.message),
+            now,
+        );
+    }
+}
+
+/// The Events of a task that changed state: one per state passed.
+pub fn task_events(before: Option<&TaskStatus>, after: &TaskStatus) -> Vec<Event> {
+    states_passed(before, after)
+        .into_iter()
+        .map(|state| {
+            if state.is_failure() || state == TaskState::Canceled {
+                let note = after
+                    .terminating_error
+                    .as_ref()
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default();
+                event(EventType::Warning, state.as_str(), "PrepareImage", note)
+            } else {
+                let note = format!("{} task {} is {state}", after.task_type, after.task_id);
+                event(EventType::Normal, state.as_str(), "PrepareImage", note)
             }
         })
-        .await;
+        .collect()
+}
+
+/// A Warning when a prepared spec starts waiting for a missing object (or for another one),
+/// so the missing reference shows in `kubectl get events` as well.
+fn waiting_event(
+    before: &ImageVersionSpecStatus,
+    after: &ImageVersionSpecStatus,
+    failure: &SpecFailure,
+) -> Option<Event> {
+    let said = |s: &ImageVersionSpecStatus| {
+        s.conditions
+            .iter()
+            .find(|c| c.type_ == condition_type::READY)
+            .map(|c| c.message.clone())
+    };
+    (said(before) != said(after)).then(|| {
+        event(
+            EventType::Warning,
+            &failure.reason,
+            "PrepareImage",
+            format!("waiting: {}", failure.message),
+        )
+    })
+}
+
+/// The Event of a deleted prepared spec's disks: removed or retained by `policy`, or left on
+/// storage when the hosting unit or its connection is gone (`removal` is `None`). A backend
+/// failure is returned, to retry the deletion.
+pub fn disks_event(
+    policy: DeletionPolicy,
+    removal: Option<Result<String, BackendError>>,
+) -> Result<Event, BackendError> {
+    Ok(match removal {
+        Some(Ok(note)) => event(
+            EventType::Normal,
+            if policy == DeletionPolicy::Retain {
+                "DisksRetained"
+            } else {
+                "DisksRemoved"
+            },
+            "Delete",
+            note,
+        ),
+        Some(Err(error)) => return Err(error),
+        None => event(
+            EventType::Warning,
+            "DisksNotRemoved",
+            "Delete",
+            "the hosting unit or its connection is gone; prepared disks, if any, were left on storage".into(),
+        ),
+    })
 }
 
 #[cfg(test)]
@@ -1476,12 +1267,12 @@ mod tests {
         let a = spec_obj("a", 10, prepared_from("m"));
         let b = spec_obj("b", 10, prepared_from("m"));
         let c = spec_obj("c", 5, prepared_from("m"));
-        let all = vec![m.clone(), a.clone(), b.clone()];
+        let all: Vec<Arc<ImageVersionSpec>> = [&m, &a, &b].map(|s| Arc::new(s.clone())).into();
         assert!(check_unique(&a, "lab", &all).is_ok(), "a is first by name");
         let err = check_unique(&b, "lab", &all).expect_err("b is second");
         assert_eq!(err.state, TaskState::ImageVersionSpecAlreadyExists);
         assert!(err.message.contains("'a'"), "{}", err.message);
-        let all = vec![m, a.clone(), b, c];
+        let all: Vec<Arc<ImageVersionSpec>> = [m, a.clone(), b, c].map(Arc::new).into();
         let err = check_unique(&a, "lab", &all).expect_err("c is older");
         assert!(err.message.contains("'c'"), "{}", err.message);
     }
@@ -1637,5 +1428,294 @@ mod tests {
             schemes_using(&BTreeSet::from(["p1".to_string()]), &[scheme]),
             1
         );
+    }
+
+    fn no_resources() -> Resources {
+        Resources {
+            version: None,
+            definition: None,
+            source: None,
+            specs: Vec::new(),
+            unit: None,
+            backend: None,
+        }
+    }
+
+    fn master_spec() -> ImageVersionSpec {
+        spec_obj(
+            "m",
+            0,
+            ImageVersionSpecFields {
+                image_version_ref: "v1".into(),
+                master: Some(master(GOOD)),
+                prepared: None,
+                deletion_policy: DeletionPolicy::Delete,
+            },
+        )
+    }
+
+    const RESYNC: Duration = Duration::from_secs(300);
+
+    #[test]
+    fn a_master_without_its_version_fails_once_with_one_warning() {
+        let mut spec = master_spec();
+        let step = master_step(&spec, &master(GOOD), &no_resources());
+        let MasterStep::Failed {
+            master_image,
+            failure,
+        } = step
+        else {
+            panic!("a missing version cannot be measured: {step:?}");
+        };
+        assert_eq!(failure.reason, "ImageVersionNotFound");
+        let outcome = MasterOutcome::of_failed(master_image, failure);
+        let plan = master_plan(&spec, &master(GOOD), &outcome, 2, t(0), RESYNC);
+        assert!(plan.write);
+        assert_eq!(plan.status.image_version_spec_status, ImageStatus::Failed);
+        assert_eq!(plan.status.provisioning_scheme_count, 2);
+        assert_eq!(plan.events.len(), 1);
+        assert_eq!(plan.events[0].type_, EventType::Warning);
+        assert_eq!(plan.events[0].reason, "ImageVersionNotFound");
+        assert_eq!(plan.requeue, Duration::from_secs(10));
+        spec.status = Some(plan.status);
+        let again = master_plan(&spec, &master(GOOD), &outcome, 2, t(5), RESYNC);
+        assert!(!again.write, "nothing changed");
+        assert!(again.events.is_empty());
+    }
+
+    #[test]
+    fn a_measured_master_is_available_with_its_size() {
+        let spec = master_spec();
+        let outcome = MasterOutcome {
+            master_image: Some(r"win11.vm\base.snapshot".into()),
+            size: Ok(3 << 30),
+        };
+        let plan = master_plan(&spec, &master(GOOD), &outcome, 0, t(0), RESYNC);
+        assert_eq!(plan.status.image_version_spec_status, ImageStatus::Success);
+        assert_eq!(plan.status.disk_size_gb, Some(3));
+        assert_eq!(plan.events[0].reason, "MasterImageResolved");
+        assert_eq!(plan.requeue, Duration::from_secs(120));
+    }
+
+    fn prepared_spec() -> ImageVersionSpec {
+        let mut spec = spec_obj("p", 1, prepared_from("m"));
+        spec.metadata.uid = Some("uid-p".into());
+        spec.metadata.generation = Some(1);
+        spec
+    }
+
+    fn located() -> Prepare {
+        let master = LocatedMaster {
+            hosting_unit: "lab".into(),
+            storages: vec!["primary".into()],
+            path: GOOD.into(),
+            relative: r"win11.vm\base.snapshot".into(),
+        };
+        Prepare {
+            request: PrepareRequest {
+                image_id: "uid-p".into(),
+                master: master.master_ref(),
+                target_storages: master.storages.clone(),
+                owner: None,
+            },
+            master,
+        }
+    }
+
+    const TIMING: Timing = Timing {
+        follow: Duration::from_millis(500),
+        resync: RESYNC,
+    };
+
+    fn input<'a>(
+        spec: &'a ImageVersionSpec,
+        job: Option<&'a JobSnapshot>,
+        located: Option<Result<Prepare, SpecFailure>>,
+        now: Timestamp,
+    ) -> PreparedInput<'a> {
+        let (action, annotations) = task_action(spec, job.is_some());
+        PreparedInput {
+            spec,
+            action,
+            annotations,
+            job,
+            located,
+            scheme_count: 0,
+            storages: 1,
+            new_task_id: "task-1".into(),
+            now,
+            timing: TIMING,
+        }
+    }
+
+    #[test]
+    fn a_located_prepare_starts_its_job_and_reports_the_steps() {
+        let spec = prepared_spec();
+        let plan = prepared(input(&spec, None, Some(Ok(located())), t(0)));
+        assert_eq!(plan.action, TaskAction::Start);
+        assert!(plan.forget_job && !plan.remove_disks);
+        assert_eq!(plan.start, Some(located().request));
+        let task = plan.task.as_ref().expect("a task");
+        assert_eq!(task.task_state, TaskState::LocatingResources);
+        assert_eq!(plan.report.status.hosting_unit_name.as_deref(), Some("lab"));
+        assert_eq!(
+            plan.report.status.image_version_spec_status,
+            ImageStatus::InProgress
+        );
+        let reasons: Vec<&str> = plan
+            .report
+            .events
+            .iter()
+            .map(|e| e.reason.as_str())
+            .collect();
+        assert_eq!(reasons, ["Processing", "LocatingResources"]);
+        assert!(plan.report.write && plan.urgent);
+        assert_eq!(plan.report.requeue, TIMING.follow);
+    }
+
+    #[test]
+    fn a_new_spec_waits_for_a_missing_version_with_one_warning() {
+        let mut spec = prepared_spec();
+        let missing = version_and_definition(&spec, &no_resources()).expect_err("missing");
+        let plan = prepared(input(&spec, None, Some(Err(missing.clone())), t(0)));
+        assert!(plan.task.is_none(), "no task while waiting");
+        assert!(plan.start.is_none());
+        assert_eq!(plan.report.requeue, Duration::from_secs(5));
+        assert_eq!(plan.report.events.len(), 1);
+        assert!(
+            plan.report.events[0]
+                .note
+                .as_deref()
+                .is_some_and(|n| n.starts_with("waiting: spec.imageVersionRef"))
+        );
+        spec.status = Some(plan.report.status);
+        let again = prepared(input(&spec, None, Some(Err(missing)), t(1)));
+        assert!(!again.report.write && again.report.events.is_empty());
+    }
+
+    #[test]
+    fn a_failed_locate_of_a_started_task_fails_it() {
+        let mut spec = prepared_spec();
+        let plan = prepared(input(&spec, None, Some(Ok(located())), t(0)));
+        spec.status = Some(plan.report.status);
+        // The operator restarted: no job knows the task, so it resumes and locates again.
+        let gone = SpecFailure::new(TaskState::HostingUnitNotFound, "unit gone");
+        let plan = prepared(input(&spec, None, Some(Err(gone)), t(1)));
+        assert_eq!(plan.action, TaskAction::Resume);
+        let task = plan.task.expect("the task");
+        assert_eq!(task.task_state, TaskState::HostingUnitNotFound);
+        assert_eq!(
+            plan.report.status.image_version_spec_status,
+            ImageStatus::Failed
+        );
+        assert_eq!(plan.report.requeue, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn a_finished_job_finishes_the_task_and_is_forgotten() {
+        let mut spec = prepared_spec();
+        let plan = prepared(input(&spec, None, Some(Ok(located())), t(0)));
+        spec.status = Some(plan.report.status);
+        let image = PreparedImage {
+            image_id: "uid-p".into(),
+            source: "/s/win11.qcow2".into(),
+            snapshot: "base".into(),
+            virtual_size: 1 << 30,
+            copies: vec![mcs_backend::PreparedCopy {
+                storage: "primary".into(),
+                path: "/s/prepared/uid-p.qcow2".into(),
+                size_bytes: 1,
+            }],
+        };
+        let job = JobSnapshot {
+            task_id: "task-1".into(),
+            queued: false,
+            operation_id: None,
+            phase: TaskState::ConsolidatingMasterImage,
+            percent: 95,
+            message: String::new(),
+            result: Some(Ok(Output::Prepared(image))),
+        };
+        let plan = prepared(input(&spec, Some(&job), None, t(2)));
+        assert_eq!(plan.action, TaskAction::Follow);
+        assert!(plan.forget_job && plan.start.is_none());
+        assert_eq!(plan.report.status.instances.len(), 1);
+        assert_eq!(
+            plan.report.status.image_version_spec_status,
+            ImageStatus::Success
+        );
+        assert_eq!(plan.report.requeue, RESYNC);
+        assert_eq!(
+            plan.report.events.last().map(|e| e.reason.as_str()),
+            Some("Finished")
+        );
+    }
+
+    #[test]
+    fn a_cancel_removes_the_partial_disks_and_consumes_the_annotation() {
+        let mut spec = prepared_spec();
+        let plan = prepared(input(&spec, None, Some(Ok(located())), t(0)));
+        spec.status = Some(plan.report.status);
+        spec.metadata.annotations = Some(
+            [(
+                crate::api::ANNOTATION_CANCEL.to_string(),
+                "true".to_string(),
+            )]
+            .into(),
+        );
+        let plan = prepared(input(&spec, None, None, t(1)));
+        assert_eq!(plan.action, TaskAction::Cancel);
+        assert!(plan.forget_job && plan.remove_disks && plan.start.is_none());
+        assert_eq!(plan.task.map(|t| t.task_state), Some(TaskState::Canceled));
+        assert_eq!(plan.consumed, vec![crate::api::ANNOTATION_CANCEL]);
+    }
+
+    #[test]
+    fn deleted_disks_are_reported_by_policy() {
+        let removed = disks_event(DeletionPolicy::Delete, Some(Ok("2 files removed".into())));
+        assert_eq!(removed.expect("an event").reason, "DisksRemoved");
+        let retained = disks_event(DeletionPolicy::Retain, Some(Ok("kept".into())));
+        assert_eq!(retained.expect("an event").reason, "DisksRetained");
+        let left = disks_event(DeletionPolicy::Delete, None).expect("an event");
+        assert_eq!(
+            (left.type_, left.reason.as_str()),
+            (EventType::Warning, "DisksNotRemoved")
+        );
+        assert!(disks_event(DeletionPolicy::Delete, Some(Err(BackendError::Canceled))).is_err());
+    }
+
+    proptest::proptest! {
+        /// Between two records of one running task, the Events name exactly the steps entered.
+        #[test]
+        fn events_name_exactly_the_steps_entered(from in 0usize..5, ahead in 0usize..5) {
+            let steps = TaskType::NewImageVersionSpec.steps();
+            let to = (from + ahead).min(steps.len() - 1);
+            let mut before = TaskStatus::start(TaskType::NewImageVersionSpec, "a".into(), t(0));
+            for step in &steps[1..=from] {
+                before.advance(*step, t(0)).expect("advance");
+            }
+            let mut after = before.clone();
+            for step in &steps[from + 1..=to] {
+                after.advance(*step, t(1)).expect("advance");
+            }
+            proptest::prop_assert_eq!(states_passed(Some(&before), &after), steps[from + 1..=to].to_vec());
+        }
+
+        /// A master's plan is a fixed point: once its status is stored, planning again with the
+        /// same outcome writes nothing and publishes nothing.
+        #[test]
+        fn master_plans_settle(size in proptest::option::of(0u64..(1 << 40)), count in 0i32..5) {
+            let mut spec = master_spec();
+            let outcome = MasterOutcome {
+                master_image: Some("x".into()),
+                size: size.ok_or_else(|| SpecFailure::new(TaskState::SnapshotNotFound, "gone")),
+            };
+            let plan = master_plan(&spec, &master(GOOD), &outcome, count, t(0), RESYNC);
+            proptest::prop_assert!(plan.write);
+            spec.status = Some(plan.status);
+            let again = master_plan(&spec, &master(GOOD), &outcome, count, t(9), RESYNC);
+            proptest::prop_assert!(!again.write);
+            proptest::prop_assert!(again.events.is_empty());
+        }
     }
 }
