@@ -22,10 +22,9 @@ pub mod read;
 
 use std::sync::Arc;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
@@ -136,8 +135,10 @@ pub async fn run(context: Arc<Context>) {
     if !caches_ready(&context).await {
         return;
     }
-    let (by_scheme, by_definition) = (versions.clone(), versions.clone());
-    Controller::for_shared_stream(stores.versions.subscribe(), versions)
+    let (by_scheme, by_definition) = (versions.clone(), versions);
+    let results = stores
+        .versions
+        .controller()
         .trigger_backoff(super::trigger_backoff())
         .watches_shared_stream(stores.specs.subscribe(), |spec: Arc<ImageVersionSpec>| {
             spec.namespace()
@@ -166,11 +167,6 @@ pub async fn run(context: Arc<Context>) {
                 )
             },
         )
-        .run(reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, context.clone());
+    super::drain(CONTROLLER, results).await;
 }

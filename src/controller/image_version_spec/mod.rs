@@ -26,10 +26,9 @@ pub mod report;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
-use kube::runtime::controller::{Action, Controller};
+use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{Event as FinalizerEvent, finalizer};
 use kube::runtime::reflector::ObjectRef;
 
@@ -162,8 +161,10 @@ pub async fn run(context: Arc<Context>) {
     if !caches_ready(&context).await {
         return;
     }
-    let (by_unit, by_version) = (specs.clone(), specs.clone());
-    Controller::for_shared_stream(stores.specs.subscribe(), specs)
+    let (by_unit, by_version) = (specs.clone(), specs);
+    let results = stores
+        .specs
+        .controller()
         .trigger_backoff(super::trigger_backoff())
         .watches_shared_stream(stores.schemes.subscribe(), |scheme: Arc<ProvScheme>| {
             let namespace = scheme.namespace();
@@ -192,11 +193,6 @@ pub async fn run(context: Arc<Context>) {
                 })
             },
         )
-        .run(reconcile, error_policy, context.clone())
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
-        })
-        .await;
+        .run(reconcile, error_policy, context.clone());
+    super::drain(CONTROLLER, results).await;
 }
