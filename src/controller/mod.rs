@@ -292,19 +292,23 @@ pub async fn run_with(context: Arc<Context>) {
 }
 
 /// Runs `controllers` (some of this module's `run` futures, all made from `context`) beside
-/// the shared caches' watches, until every controller has ended.
+/// the shared caches' watches, until every controller has ended. Each controller and each
+/// watch is its own task, so they run on every core; dropping the returned future stops them
+/// all.
 pub async fn run_controllers(context: Arc<Context>, controllers: Vec<BoxFuture<'static, ()>>) {
-    // The watches run until the controllers end (forever, unless they are dropped); a
-    // second `run_controllers` on the same context shares the first one's watches.
-    let stores = async move {
-        context.stores.run().await;
-        futures::future::pending::<()>().await;
-    };
-    futures::future::select(
-        stores.boxed(),
-        futures::future::join_all(controllers).boxed(),
-    )
-    .await;
+    let mut watches = tokio::task::JoinSet::new();
+    watches.spawn(async move { context.stores.run().await });
+    let mut running = tokio::task::JoinSet::new();
+    for controller in controllers {
+        running.spawn(controller);
+    }
+    while let Some(ended) = running.join_next().await {
+        if let Err(error) = ended
+            && error.is_panic()
+        {
+            tracing::error!(%error, "a controller panicked");
+        }
+    }
 }
 
 #[cfg(test)]

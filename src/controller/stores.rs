@@ -117,15 +117,25 @@ where
     }
 
     /// Resolves once the first list has filled the cache.
+    ///
+    /// kube's readiness signal wakes only the last task that waited on it, and several
+    /// controllers (each its own task) wait on the same caches: so ask again every 200 ms
+    /// instead of waiting once.
     pub async fn ready(&self) -> bool {
-        if self.store.wait_until_ready().await.is_err() {
-            tracing::error!(
-                kind = self.kind,
-                "the cache was dropped before its first list"
-            );
-            return false;
+        loop {
+            let wait = self.store.wait_until_ready();
+            match tokio::time::timeout(std::time::Duration::from_millis(200), wait).await {
+                Ok(Ok(())) => return true,
+                Ok(Err(_)) => {
+                    tracing::error!(
+                        kind = self.kind,
+                        "the cache was dropped before its first list"
+                    );
+                    return false;
+                }
+                Err(_) => {}
+            }
         }
-        true
     }
 
     fn take_drive(&self) -> Option<BoxFuture<'static, ()>> {

@@ -1630,6 +1630,7 @@ mod tests {
         let job = JobSnapshot {
             task_id: "task-1".into(),
             queued: false,
+            started: None,
             operation_id: None,
             phase: TaskState::ConsolidatingMasterImage,
             percent: 95,
