@@ -17,12 +17,14 @@ pub mod image_version_spec;
 pub mod prov_scheme;
 pub mod prov_vm;
 pub mod readiness;
-pub mod scheme_versions;
 pub mod status;
 pub mod stores;
 pub mod strict;
 pub mod tasks;
 pub mod update_window;
+
+/// ProvScheme versioning (ControllerRevisions), under its old path.
+pub use prov_scheme::versions as scheme_versions;
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -1,4 +1,4 @@
-//! Provisioning scheme versions stored as ControllerRevisions.
+//! ProvScheme versioning: provisioning scheme versions stored as ControllerRevisions.
 //!
 //! Version `N` of scheme `S` is the ControllerRevision `S-vN`, labelled
 //! `mcs.imaging.dev/provscheme=S`, with `revision: N` and
@@ -293,9 +293,21 @@ pub async fn list(
     let revisions = api
         .list(&ListParams::default().labels(&selector(scheme)))
         .await?;
+    Ok(stored_of(&revisions.items, scheme))
+}
+
+/// The stored versions of `scheme` among `revisions` (a list or a cache), oldest first:
+/// those labelled with the scheme and not being deleted.
+pub fn stored_of<'a, R>(
+    revisions: impl IntoIterator<Item = &'a R>,
+    scheme: &str,
+) -> Vec<StoredConfiguration>
+where
+    R: std::borrow::Borrow<ControllerRevision> + 'a,
+{
     let mut stored: Vec<StoredConfiguration> = revisions
-        .items
-        .iter()
+        .into_iter()
+        .map(std::borrow::Borrow::borrow)
         .filter(|r| {
             r.labels().get(LABEL_PROVSCHEME).map(String::as_str) == Some(scheme)
                 && r.metadata.deletion_timestamp.is_none()
@@ -303,7 +315,7 @@ pub async fn list(
         .filter_map(from_revision)
         .collect();
     stored.sort_by_key(|s| s.number);
-    Ok(stored)
+    stored
 }
 
 /// Records `highest` in the scheme's [`ANNOTATION_HIGHEST_VERSION`] annotation (a metadata
@@ -327,7 +339,7 @@ pub async fn record_highest(
     let patch = json!({ "metadata": { "annotations": { ANNOTATION_HIGHEST_VERSION: highest.to_string() } } });
     api.patch(
         &scheme.name_any(),
-        &super::strict::patch(),
+        &crate::controller::strict::patch(),
         &Patch::Merge(&patch),
     )
     .await?;
@@ -352,7 +364,7 @@ pub async fn create(
             "the scheme has no uid; it was not read from the API server".into(),
         )));
     };
-    match super::strict::create(api, &revision).await {
+    match crate::controller::strict::create(api, &revision).await {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(status)) if status.code == 409 => {
             let name = revision_name(&scheme.name_any(), number);

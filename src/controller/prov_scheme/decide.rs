@@ -1,58 +1,34 @@
-//! The ProvScheme controller (`New-ProvScheme`, `Set-ProvScheme`, `Set-ProvSchemeImage`).
-//!
-//! A new scheme runs its task (`Processing -> LocatingResources -> ReplicatingMasterImage ->
-//! CommittingScheme -> Finished`) and makes version 1. Afterwards every accepted change of the
-//! configuration makes the next version (or reverts to a stored one), stored as a
-//! ControllerRevision (see [`super::scheme_versions`]). A change that breaks a cross-object
-//! rule is rejected with the SDK's reason in the `Degraded` condition and a Warning Event; the
-//! current version, and every machine, stays as it was. `machineCount` creates and deletes
-//! ProvVM objects; their disks are the ProvVM controller's work. The controller never writes
-//! `.spec`.
+//! The decisions of the ProvScheme controller, without I/O: the verdict on a spec, the
+//! creation task, the versioning step, the scale plan, the machine objects to create, the
+//! desired status, whether and when to write it, and the Events. Every function here is a pure
+//! function of what [`super::read`] gathered and the current time.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
 use jiff::Timestamp;
-use k8s_openapi::api::apps::v1::ControllerRevision;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
-use kube::api::{Api, DeleteParams, ListParams, Patch};
-use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::{Event, EventType};
-use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
 use mcs_domain::Reason;
-use mcs_domain::history::Decision;
+use mcs_domain::history::{self, Decision};
 use mcs_domain::inventory_path::InventoryPath;
 use mcs_domain::naming::{NamingScheme, k8s_object_name};
 use mcs_domain::rules::{
     self, ImageSpecFacts, ObjectKind, RuleError, SchemeFacts, field as rule_field,
 };
 use mcs_domain::task::{TaskState, TaskStatus, TaskType};
-use serde_json::json;
 
-use super::conditions::{DesiredCondition, merge};
-use super::events;
-use super::status::{apply_status, field_manager};
-use super::{Context, ControllerError, watcher_config};
-use super::{scheme_versions, tasks};
+use super::versions::{self, StoredConfiguration};
+use super::{DEFAULT_BATCH, IMAGE_HISTORY};
 use crate::api::{
     ANNOTATION_CANCEL, ANNOTATION_RETRY, DesiredPowerState, HostingUnit, IdentityPool,
-    ImageDefinition, ImageHistoryEntry, ImageStatus, ImageVersion, ImageVersionSpec,
-    LABEL_PROVSCHEME, ProvScheme, ProvSchemeSpec, ProvSchemeStatus, ProvVm, ProvVmSpec,
-    SessionSupport, SpecKind, UpdateStatus, condition_type,
+    ImageDefinition, ImageHistoryEntry, ImageStatus, ImageVersionSpec, LABEL_PROVSCHEME,
+    ProvScheme, ProvSchemeSpec, ProvSchemeStatus, ProvVm, ProvVmSpec, SessionSupport, SpecKind,
+    UpdateStatus, condition_type,
 };
-
-const CONTROLLER: &str = "provscheme";
-/// Finalizer that keeps a scheme until its machines (and their disks) are gone.
-pub const FINALIZER: &str = "mcs.imaging.dev/provscheme-machines";
-/// How many entries `status.imageHistory` keeps.
-pub const IMAGE_HISTORY: usize = 10;
-/// How many machine objects are created at once when `initialBatchSizeHint` is not set.
-pub const DEFAULT_BATCH: usize = 100;
-/// How many indices are tried when machine names collide with another writer.
-const NAME_ATTEMPTS: usize = 20;
+use crate::controller::conditions::{DesiredCondition, merge};
+use crate::controller::{ControllerError, events, tasks};
 
 /// The objects a scheme refers to, as found in its namespace.
 #[derive(Clone, Debug, Default)]
@@ -401,112 +377,6 @@ fn should_start_task(scheme: &ProvScheme, status: &ProvSchemeStatus) -> bool {
     }
 }
 
-async fn references(
-    context: &Context,
-    namespace: &str,
-    spec: &ProvSchemeSpec,
-) -> Result<References, ControllerError> {
-    let hosting_unit = context
-        .api::<HostingUnit>(namespace)
-        .get_opt(&spec.hosting_unit_ref)
-        .await?;
-    let identity_pool = context
-        .api::<IdentityPool>(namespace)
-        .get_opt(&spec.identity_pool_ref)
-        .await?;
-    let image = context
-        .api::<ImageVersionSpec>(namespace)
-        .get_opt(&spec.image_version_spec_ref)
-        .await?;
-    let mut definition = None;
-    if let Some(image) = &image
-        && let Some(version) = context
-            .api::<ImageVersion>(namespace)
-            .get_opt(&image.spec.image_version_ref)
-            .await?
-    {
-        definition = context
-            .api::<ImageDefinition>(namespace)
-            .get_opt(&version.spec.image_definition_ref)
-            .await?;
-    }
-    Ok(References {
-        hosting_unit,
-        identity_pool,
-        image,
-        definition,
-    })
-}
-
-async fn set_finalizers(
-    api: &Api<ProvScheme>,
-    scheme: &ProvScheme,
-    finalizers: Vec<String>,
-) -> Result<(), ControllerError> {
-    let patch = json!({
-        "metadata": { "finalizers": finalizers, "resourceVersion": scheme.resource_version() }
-    });
-    api.patch(
-        &scheme.name_any(),
-        &super::strict::patch(),
-        &Patch::Merge(&patch),
-    )
-    .await?;
-    Ok(())
-}
-
-async fn machines_of(
-    context: &Context,
-    namespace: &str,
-    scheme: &str,
-) -> Result<Vec<ProvVm>, ControllerError> {
-    let list = context
-        .api::<ProvVm>(namespace)
-        .list(&ListParams::default().labels(&scheme_versions::selector(scheme)))
-        .await?;
-    Ok(list
-        .items
-        .into_iter()
-        .filter(|m| m.spec.prov_scheme_ref == scheme)
-        .collect())
-}
-
-/// Deletes the scheme's machines and keeps the finalizer until they are gone.
-async fn cleanup(
-    scheme: &ProvScheme,
-    context: &Context,
-    namespace: &str,
-) -> Result<Action, ControllerError> {
-    let name = scheme.name_any();
-    let machines = machines_of(context, namespace, &name).await?;
-    let api = context.api::<ProvVm>(namespace);
-    for machine in machines
-        .iter()
-        .filter(|m| m.metadata.deletion_timestamp.is_none())
-    {
-        match api
-            .delete(&machine.name_any(), &DeleteParams::default())
-            .await
-        {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 404 => {}
-            Err(e) => return Err(e.into()),
-        }
-    }
-    if !machines.is_empty() {
-        tracing::info!(scheme = %name, remaining = machines.len(), "waiting for machines to be deleted");
-        return Ok(Action::requeue(Duration::from_secs(1)));
-    }
-    let finalizers: Vec<String> = scheme
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .cloned()
-        .collect();
-    set_finalizers(&context.api::<ProvScheme>(namespace), scheme, finalizers).await?;
-    Ok(Action::await_change())
-}
-
 /// Moves a running task to `to` unless it is already there or past it (a resumed task).
 fn forward(
     task: &mut TaskStatus,
@@ -522,7 +392,7 @@ fn forward(
 
 /// Runs the creation task as far as it can go now; returns the task and whether version 1 may
 /// be committed.
-fn creation_task(
+pub fn creation_task(
     scheme: &ProvScheme,
     status: &ProvSchemeStatus,
     verdict: &Verdict,
@@ -573,423 +443,6 @@ fn creation_task(
     }
 }
 
-async fn reconcile(
-    scheme: Arc<ProvScheme>,
-    context: Arc<Context>,
-) -> Result<Action, ControllerError> {
-    let _timer = crate::metrics::global().reconcile(CONTROLLER);
-    let namespace = scheme.namespace().ok_or(ControllerError::MissingMetadata {
-        kind: "ProvScheme",
-        field: "namespace",
-    })?;
-    let name = scheme.name_any();
-    let schemes = context.api::<ProvScheme>(&namespace);
-    if scheme.metadata.deletion_timestamp.is_some() {
-        if scheme.finalizers().iter().any(|f| f == FINALIZER) {
-            return cleanup(&scheme, &context, &namespace).await;
-        }
-        return Ok(Action::await_change());
-    }
-    if !scheme.finalizers().iter().any(|f| f == FINALIZER) {
-        let mut finalizers = scheme.finalizers().to_vec();
-        finalizers.push(FINALIZER.to_owned());
-        set_finalizers(&schemes, &scheme, finalizers).await?;
-        return Ok(Action::await_change());
-    }
-
-    let now = Timestamp::now();
-    let current_status = scheme.status.clone().unwrap_or_default();
-    let revisions = context.api::<ControllerRevision>(&namespace);
-    let mut stored = scheme_versions::list(&revisions, &name).await?;
-    let mut current = current_status
-        .provisioning_scheme_version
-        .and_then(|n| u32::try_from(n).ok())
-        .filter(|n| stored.iter().any(|s| s.number == *n));
-    let current_config: Option<ProvSchemeSpec> = current
-        .and_then(|n| stored.iter().find(|s| s.number == n))
-        .and_then(|s| serde_json::from_value(s.configuration.clone()).ok());
-    let refs = references(&context, &namespace, &scheme.spec).await?;
-    let session = current_status.session_support.or_else(|| {
-        refs.definition
-            .as_ref()
-            .filter(|_| current.is_none())
-            .map(|d| d.spec.vda_session_support)
-    });
-    let verdict = judge(
-        &scheme.spec,
-        current_config.as_ref(),
-        current_status.session_support,
-        &refs,
-    );
-    let mut status = ProvSchemeStatus {
-        observed_generation: scheme.metadata.generation,
-        session_support: session,
-        selector: Some(scheme_versions::selector(&name)),
-        ..current_status.clone()
-    };
-    let mut conditions: Vec<DesiredCondition> = Vec::new();
-    let mut notices: Vec<Event> = Vec::new();
-    let config = scheme_versions::configuration(&scheme.spec)?;
-    let machines = machines_of(&context, &namespace, &name).await?;
-    let referenced: BTreeSet<u32> = machines
-        .iter()
-        .filter_map(|m| m.status.as_ref()?.provisioning_scheme_version)
-        .filter_map(|n| u32::try_from(n).ok())
-        .collect();
-
-    let mut accepted = false;
-    if current.is_none() {
-        let (task, commit) = creation_task(&scheme, &current_status, &verdict, now)?;
-        status.task = Some(task);
-        if let Verdict::Reject(errors) = &verdict
-            && status
-                .task
-                .as_ref()
-                .is_some_and(|t| t.task_state.is_failure())
-            && current_status.task.as_ref().map(|t| &t.task_id)
-                != status.task.as_ref().map(|t| &t.task_id)
-        {
-            let reason = errors.first().map_or("UnexpectedError", Reason::reason);
-            notices.push(events::event(
-                EventType::Warning,
-                reason,
-                "CreateScheme",
-                rejection_message(errors),
-            ));
-        }
-        accepted = commit;
-    } else {
-        match &verdict {
-            Verdict::Accept => accepted = true,
-            Verdict::Wait(_) => {}
-            Verdict::Reject(errors) => {
-                let reason = errors.first().map_or("UnexpectedError", Reason::reason);
-                let message = format!(
-                    "the change was rejected; version {} stays current: {}",
-                    current.unwrap_or_default(),
-                    rejection_message(errors)
-                );
-                let seen = current_status.conditions.iter().any(|c| {
-                    c.type_ == condition_type::DEGRADED
-                        && c.status == "True"
-                        && c.reason == reason
-                        && c.message == message
-                        && c.observed_generation == scheme.metadata.generation
-                });
-                if !seen {
-                    notices.push(events::event(
-                        EventType::Warning,
-                        reason,
-                        "UpdateScheme",
-                        message.clone(),
-                    ));
-                }
-                conditions.push(DesiredCondition::true_(
-                    condition_type::DEGRADED,
-                    reason,
-                    message,
-                ));
-            }
-        }
-    }
-
-    if accepted {
-        let highest = scheme_versions::recorded_highest(&scheme);
-        match scheme_versions::decide(
-            &stored,
-            current,
-            highest,
-            &config,
-            scheme.spec.max_versions,
-            &referenced,
-        ) {
-            Ok(change) => {
-                let number = change.number();
-                if let Decision::New(n) = change.plan.decision() {
-                    scheme_versions::create(&revisions, &scheme, n, &config, &change.changes)
-                        .await
-                        .map_err(|e| ControllerError::Versions(e.to_string()))?;
-                    notices.push(events::event(
-                        EventType::Normal,
-                        "VersionCreated",
-                        "UpdateScheme",
-                        format!("version {n}: {}", change.changes),
-                    ));
-                }
-                if let Decision::Revert(n) = change.plan.decision() {
-                    notices.push(events::event(
-                        EventType::Normal,
-                        "VersionReverted",
-                        "UpdateScheme",
-                        format!(
-                            "the configuration equals stored version {n}; version {n} is current again"
-                        ),
-                    ));
-                }
-                let new_highest = highest
-                    .max(number)
-                    .max(stored.iter().map(|s| s.number).max().unwrap_or(0));
-                if !change.plan.delete().is_empty() || new_highest > highest {
-                    scheme_versions::record_highest(&schemes, &scheme, new_highest).await?;
-                }
-                for pruned in change.plan.delete() {
-                    scheme_versions::delete(&revisions, &name, *pruned).await?;
-                }
-                if !change.plan.delete().is_empty() {
-                    notices.push(events::event(
-                        EventType::Normal,
-                        "VersionsPruned",
-                        "UpdateScheme",
-                        format!(
-                            "pruned versions {:?} to keep at most spec.maxVersions={}",
-                            change.plan.delete(),
-                            scheme.spec.max_versions
-                        ),
-                    ));
-                }
-                if !change.plan.is_noop() {
-                    stored = scheme_versions::list(&revisions, &name).await?;
-                }
-                current = Some(number);
-                status.provisioning_scheme_version = Some(i64::from(number));
-                status.highest_version = Some(i64::from(new_highest));
-                if let Some(task) = status.task.as_mut()
-                    && task.task_state == TaskState::CommittingScheme
-                {
-                    task.finish(now)
-                        .map_err(|e| ControllerError::Task(e.to_string()))?;
-                }
-                status.image_history = record_image(
-                    &current_status.image_history,
-                    &scheme.spec.image_version_spec_ref,
-                    now,
-                );
-                conditions.push(DesiredCondition::false_(
-                    condition_type::DEGRADED,
-                    "AsExpected",
-                    format!("version {number} is current"),
-                ));
-            }
-            Err(error) => {
-                let message = format!(
-                    "the change was rejected; version {} stays current: {error}",
-                    current.map_or_else(|| "none".into(), |n| n.to_string())
-                );
-                let seen = current_status.conditions.iter().any(|c| {
-                    c.type_ == condition_type::DEGRADED
-                        && c.reason == error.reason()
-                        && c.message == message
-                });
-                if !seen {
-                    notices.push(events::event(
-                        EventType::Warning,
-                        error.reason(),
-                        "UpdateScheme",
-                        message.clone(),
-                    ));
-                }
-                conditions.push(DesiredCondition::true_(
-                    condition_type::DEGRADED,
-                    error.reason(),
-                    message,
-                ));
-            }
-        }
-    }
-    status.versions = scheme_versions::summaries(&stored);
-
-    // Machines: only once a version exists.
-    let mut live: Vec<&ProvVm> = machines
-        .iter()
-        .filter(|m| m.metadata.deletion_timestamp.is_none())
-        .collect();
-    let mut requeue = None;
-    let mut extra = 0usize;
-    if let (Some(version), Some(pool)) = (current, refs.identity_pool.as_ref()) {
-        let naming = NamingScheme::parse(&pool.spec.naming_scheme, pool.spec.naming_scheme_type)?;
-        let all = context
-            .api::<ProvVm>(&namespace)
-            .list(&ListParams::default())
-            .await?;
-        let pool_users: BTreeSet<String> = context
-            .api::<ProvScheme>(&namespace)
-            .list(&ListParams::default())
-            .await?
-            .items
-            .iter()
-            .filter(|s| s.spec.identity_pool_ref == pool.name_any())
-            .map(ResourceExt::name_any)
-            .collect();
-        let mut used: BTreeSet<u64> = all
-            .items
-            .iter()
-            .filter(|m| pool_users.contains(&m.spec.prov_scheme_ref))
-            .filter_map(|m| u64::try_from(m.spec.machine_index).ok())
-            .collect();
-        let slots: Vec<MachineSlot> = live
-            .iter()
-            .map(|m| MachineSlot {
-                object: m.name_any(),
-                index: u64::try_from(m.spec.machine_index).unwrap_or(0),
-                created: m
-                    .metadata
-                    .creation_timestamp
-                    .as_ref()
-                    .map_or(0, |t| t.0.as_second()),
-                building: !super::prov_vm::is_built(m),
-            })
-            .collect();
-        let desired = usize::try_from(scheme.spec.machine_count).unwrap_or(0);
-        let batch = scheme
-            .spec
-            .initial_batch_size_hint
-            .and_then(|b| usize::try_from(b).ok())
-            .unwrap_or(DEFAULT_BATCH);
-        let start = u64::try_from(pool.spec.start_count).unwrap_or(0);
-        let plan = plan_scale(&slots, desired, &used, start, naming.capacity(), batch);
-        let vms = context.api::<ProvVm>(&namespace);
-        let mut created = 0usize;
-        for index in &plan.create {
-            let mut candidate = *index;
-            for _ in 0..NAME_ATTEMPTS {
-                let machine = new_machine(&scheme, &naming, candidate)?;
-                match super::strict::create(&vms, &machine).await {
-                    Ok(_) => {
-                        used.insert(candidate);
-                        created += 1;
-                        break;
-                    }
-                    Err(kube::Error::Api(s)) if s.code == 409 => {
-                        used.insert(candidate);
-                        candidate = (candidate + 1..naming.capacity())
-                            .find(|i| !used.contains(i) && !plan.create.contains(i))
-                            .unwrap_or(naming.capacity());
-                        if candidate >= naming.capacity() {
-                            break;
-                        }
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            }
-        }
-        for object in &plan.delete {
-            match vms.delete(object, &DeleteParams::default()).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-        if created > 0 || !plan.delete.is_empty() {
-            tracing::info!(scheme = %name, version, created, deleted = plan.delete.len(), "scaled machines");
-        }
-        if slots.len() + created < desired {
-            requeue = Some(Duration::from_secs(2));
-        }
-        if plan.exhausted {
-            conditions.push(DesiredCondition::true_(
-                condition_type::DEGRADED,
-                "IdentityPoolExhausted",
-                format!(
-                    "identity pool '{}' ({}) has no free identity for more machines",
-                    pool.name_any(),
-                    pool.spec.naming_scheme
-                ),
-            ));
-        }
-        let deleted: BTreeSet<&String> = plan.delete.iter().collect();
-        live.retain(|m| !deleted.contains(&m.name_any()));
-        extra = created;
-    }
-
-    status.machine_count = i32::try_from(live.len() + extra).unwrap_or(i32::MAX);
-    status.ready_machines = count(&live, super::prov_vm::is_built);
-    status.up_to_date_machines = count(&live, |m| {
-        m.status.as_ref().and_then(|s| s.update_status) == Some(UpdateStatus::UpToDate)
-    });
-    status.pending_update_machines = count(&live, |m| {
-        m.status.as_ref().and_then(|s| s.update_status) == Some(UpdateStatus::PendingUpdate)
-    });
-
-    let task_state = status.task.as_ref().map(|t| t.task_state);
-    let ready = match (current, task_state) {
-        (Some(n), _) => DesiredCondition::true_(
-            condition_type::READY,
-            "Available",
-            format!(
-                "version {n} is current; {} of {} machines ready",
-                status.ready_machines, scheme.spec.machine_count
-            ),
-        ),
-        (None, Some(state)) if state.is_failure() || state == TaskState::Canceled => {
-            DesiredCondition::false_(
-                condition_type::READY,
-                state.as_str(),
-                status
-                    .task
-                    .as_ref()
-                    .and_then(|t| t.terminating_error.as_ref())
-                    .map(|e| e.message.clone())
-                    .unwrap_or_default(),
-            )
-        }
-        _ => DesiredCondition::false_(
-            condition_type::READY,
-            "Creating",
-            "the scheme's creation task is running".to_owned(),
-        ),
-    };
-    conditions.push(ready);
-    let progressing = status.machine_count != scheme.spec.machine_count
-        || status.ready_machines != status.machine_count;
-    conditions.push(if progressing {
-        DesiredCondition::true_(
-            condition_type::PROGRESSING,
-            "Scaling",
-            format!(
-                "{} machines exist, {} ready, {} wanted",
-                status.machine_count, status.ready_machines, scheme.spec.machine_count
-            ),
-        )
-    } else {
-        DesiredCondition::false_(
-            condition_type::PROGRESSING,
-            "AsExpected",
-            format!("{} machines ready", status.ready_machines),
-        )
-    });
-    status.conditions = merge(
-        &current_status.conditions,
-        &conditions,
-        scheme.metadata.generation,
-        now,
-    );
-    if significant(&current_status, &status) {
-        apply_status(&schemes, &scheme, &field_manager(CONTROLLER), &status).await?;
-    }
-    // A retry is consumed by the task it started, and dropped when it cannot apply; a cancel
-    // is consumed by the task it stopped, or dropped once the creation task has ended.
-    let consumed: serde_json::Map<String, serde_json::Value> =
-        [ANNOTATION_RETRY, ANNOTATION_CANCEL]
-            .into_iter()
-            .filter(|key| scheme.annotations().contains_key(*key))
-            .map(|key| (key.to_owned(), serde_json::Value::Null))
-            .collect();
-    if !consumed.is_empty() {
-        let patch = json!({ "metadata": { "annotations": consumed } });
-        schemes
-            .patch(&name, &super::strict::patch(), &Patch::Merge(&patch))
-            .await?;
-    }
-    for e in notices {
-        tracing::info!(scheme = %name, reason = %e.reason, note = ?e.note, "event");
-        events::publish_event(&context, scheme.as_ref(), e).await;
-    }
-    if let Verdict::Wait(_) = verdict {
-        return Ok(Action::requeue(Duration::from_secs(5)));
-    }
-    Ok(requeue.map_or_else(|| Action::requeue(context.config.resync), Action::requeue))
-}
-
 /// Whether `new` says more than `old` than a waiting task's clock moving on.
 fn significant(old: &ProvSchemeStatus, new: &ProvSchemeStatus) -> bool {
     let quiet = |status: &ProvSchemeStatus| {
@@ -1010,7 +463,7 @@ fn count(machines: &[&ProvVm], predicate: impl Fn(&ProvVm) -> bool) -> i32 {
 
 /// The ProvVM object for machine `index` of `scheme`: named from the identity pool, labelled
 /// with the scheme, owned by it, with the disk finalizer already set.
-fn new_machine(
+pub fn new_machine(
     scheme: &ProvScheme,
     naming: &NamingScheme,
     index: u64,
@@ -1040,79 +493,554 @@ fn new_machine(
             scheme.name_any(),
         )])),
         owner_references: Some(vec![owner]),
-        finalizers: Some(vec![super::prov_vm::FINALIZER.to_owned()]),
+        finalizers: Some(vec![crate::controller::prov_vm::FINALIZER.to_owned()]),
         ..ObjectMeta::default()
     };
     Ok(machine)
 }
 
-fn error_policy(
-    scheme: Arc<ProvScheme>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    tracing::warn!(controller = CONTROLLER, scheme = %scheme.name_any(), reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
+/// What the versioning step decided: the writes to make and what the status says after them.
+#[derive(Default)]
+pub struct VersionPlan {
+    /// The verdict on the spec.
+    pub verdict: Option<Verdict>,
+    /// The creation task after this step (the stored one when it did not run).
+    pub task: Option<TaskStatus>,
+    /// The version made current by this step, when the spec was accepted.
+    pub committed: Option<u32>,
+    /// The highest version number after this step.
+    pub highest: u32,
+    /// The version to store (a new ControllerRevision).
+    pub create: Option<StoredConfiguration>,
+    /// The versions to prune.
+    pub prune: Vec<u32>,
+    /// The highest number to record on the scheme before pruning (when it grows or versions
+    /// are pruned).
+    pub record_highest: Option<u32>,
+    /// The stored versions after the writes, oldest first.
+    pub stored: Vec<StoredConfiguration>,
+    /// The image history after this step.
+    pub image_history: Vec<ImageHistoryEntry>,
+    /// The scheme's session support.
+    pub session: Option<SessionSupport>,
+    /// Conditions this step sets.
+    pub conditions: Vec<DesiredCondition>,
+    /// Events this step publishes.
+    pub notices: Vec<Event>,
 }
 
-/// Runs the ProvScheme controller until the stream ends.
-pub async fn run(context: Arc<Context>) {
-    let schemes = context.watched_api::<ProvScheme>();
-    let controller = Controller::new(schemes, watcher_config())
-        .trigger_backoff(super::trigger_backoff())
-        .with_config(
-            controller::Config::default()
-                .concurrency(context.config.concurrency)
-                .debounce(Duration::from_millis(300)),
-        );
-    let store = controller.store();
-    context.caches.track(CONTROLLER, store.clone());
-    let by_spec = store.clone();
-    let by_pool = store.clone();
-    controller
-        .owns(context.watched_api::<ProvVm>(), watcher_config())
-        .owns(
-            context.watched_api::<ControllerRevision>(),
-            watcher_config().labels(LABEL_PROVSCHEME),
-        )
-        .watches(
-            context.watched_api::<ImageVersionSpec>(),
-            watcher_config(),
-            move |spec: ImageVersionSpec| {
-                let namespace = spec.namespace();
-                by_spec
-                    .state()
-                    .into_iter()
-                    .filter(|s| {
-                        s.namespace() == namespace
-                            && s.spec.image_version_spec_ref == spec.name_any()
-                    })
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .watches(
-            context.watched_api::<IdentityPool>(),
-            watcher_config(),
-            move |pool: IdentityPool| {
-                let namespace = pool.namespace();
-                by_pool
-                    .state()
-                    .into_iter()
-                    .filter(|s| {
-                        s.namespace() == namespace && s.spec.identity_pool_ref == pool.name_any()
-                    })
-                    .map(|s| ObjectRef::from_obj(&*s))
-                    .collect::<Vec<_>>()
-            },
-        )
-        .run(reconcile, error_policy, context)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
+impl VersionPlan {
+    /// The version current after this step.
+    pub fn current(&self, status: &ProvSchemeStatus) -> Option<u32> {
+        self.committed
+            .or_else(|| current_version(status, &self.stored))
+    }
+
+    /// Whether the spec is waiting for its prepared image.
+    pub fn waits(&self) -> bool {
+        matches!(self.verdict, Some(Verdict::Wait(_)))
+    }
+}
+
+/// The version `status` names, if it is stored.
+pub fn current_version(status: &ProvSchemeStatus, stored: &[StoredConfiguration]) -> Option<u32> {
+    status
+        .provisioning_scheme_version
+        .and_then(|n| u32::try_from(n).ok())
+        .filter(|n| stored.iter().any(|s| s.number == *n))
+}
+
+/// The versions the machines run (their `status.provisioningSchemeVersion`).
+pub fn referenced_versions<'a>(machines: impl IntoIterator<Item = &'a ProvVm>) -> BTreeSet<u32> {
+    machines
+        .into_iter()
+        .filter_map(|m| m.status.as_ref()?.provisioning_scheme_version)
+        .filter_map(|n| u32::try_from(n).ok())
+        .collect()
+}
+
+/// The Degraded condition and Warning Event of a rejected change, the Event only when the
+/// condition did not say the same already.
+fn rejected(
+    status: &ProvSchemeStatus,
+    generation: Option<i64>,
+    reason: &'static str,
+    message: String,
+    plan: &mut VersionPlan,
+) {
+    let seen = status.conditions.iter().any(|c| {
+        c.type_ == condition_type::DEGRADED
+            && c.status == "True"
+            && c.reason == reason
+            && c.message == message
+            && generation.is_none_or(|g| c.observed_generation == Some(g))
+    });
+    if !seen {
+        plan.notices.push(events::event(
+            EventType::Warning,
+            reason,
+            "UpdateScheme",
+            message.clone(),
+        ));
+    }
+    plan.conditions.push(DesiredCondition::true_(
+        condition_type::DEGRADED,
+        reason,
+        message,
+    ));
+}
+
+/// The versioning step: judges the spec; a new scheme runs its creation task up to version 1,
+/// an existing one makes a new version, reverts to a stored one or keeps its version, pruning
+/// to `spec.maxVersions` (never the current version nor a `referenced` one); a rejected change
+/// leaves the current version as it is and says why.
+///
+/// # Errors
+///
+/// When the spec cannot be serialized or the task cannot move (never for a stored task).
+pub fn plan_versions(
+    scheme: &ProvScheme,
+    status: &ProvSchemeStatus,
+    highest: u32,
+    stored: &[StoredConfiguration],
+    referenced: &BTreeSet<u32>,
+    refs: &References,
+    now: Timestamp,
+) -> Result<VersionPlan, ControllerError> {
+    let current = current_version(status, stored);
+    let current_config: Option<ProvSchemeSpec> = current
+        .and_then(|n| stored.iter().find(|s| s.number == n))
+        .and_then(|s| serde_json::from_value(s.configuration.clone()).ok());
+    let verdict = judge(
+        &scheme.spec,
+        current_config.as_ref(),
+        status.session_support,
+        refs,
+    );
+    let mut plan = VersionPlan {
+        task: status.task.clone(),
+        highest,
+        stored: stored.to_vec(),
+        image_history: status.image_history.clone(),
+        session: status.session_support.or_else(|| {
+            refs.definition
+                .as_ref()
+                .filter(|_| current.is_none())
+                .map(|d| d.spec.vda_session_support)
+        }),
+        ..VersionPlan::default()
+    };
+    let accepted = if current.is_none() {
+        let (task, commit) = creation_task(scheme, status, &verdict, now)?;
+        if let Verdict::Reject(errors) = &verdict
+            && task.task_state.is_failure()
+            && status.task.as_ref().map(|t| &t.task_id) != Some(&task.task_id)
+        {
+            let reason = errors.first().map_or("UnexpectedError", Reason::reason);
+            plan.notices.push(events::event(
+                EventType::Warning,
+                reason,
+                "CreateScheme",
+                rejection_message(errors),
+            ));
+        }
+        plan.task = Some(task);
+        commit
+    } else {
+        if let Verdict::Reject(errors) = &verdict {
+            let reason = errors.first().map_or("UnexpectedError", Reason::reason);
+            let message = format!(
+                "the change was rejected; version {} stays current: {}",
+                current.unwrap_or_default(),
+                rejection_message(errors)
+            );
+            rejected(
+                status,
+                scheme.metadata.generation,
+                reason,
+                message,
+                &mut plan,
+            );
+        }
+        verdict == Verdict::Accept
+    };
+    plan.verdict = Some(verdict);
+    if accepted {
+        commit_version(scheme, status, current, referenced, now, &mut plan)?;
+    }
+    Ok(plan)
+}
+
+/// The accepted spec's version: new, reverted or unchanged, and what to prune.
+fn commit_version(
+    scheme: &ProvScheme,
+    status: &ProvSchemeStatus,
+    current: Option<u32>,
+    referenced: &BTreeSet<u32>,
+    now: Timestamp,
+    plan: &mut VersionPlan,
+) -> Result<(), ControllerError> {
+    let config = versions::configuration(&scheme.spec)?;
+    let highest = plan.highest;
+    let change = match versions::decide(
+        &plan.stored,
+        current,
+        highest,
+        &config,
+        scheme.spec.max_versions,
+        referenced,
+    ) {
+        Ok(change) => change,
+        Err(error) => {
+            let message = format!(
+                "the change was rejected; version {} stays current: {error}",
+                current.map_or_else(|| "none".into(), |n| n.to_string())
+            );
+            rejected(status, None, error.reason(), message, plan);
+            return Ok(());
+        }
+    };
+    let number = change.number();
+    if let Decision::New(n) = change.plan.decision() {
+        plan.create = Some(StoredConfiguration {
+            number: n,
+            hash: history::content_hash(&config),
+            configuration: config.clone(),
+            api_version: ProvScheme::api_version(&()).into_owned(),
+            created: now,
+            changes: Some(change.changes.clone()),
+        });
+        plan.notices.push(events::event(
+            EventType::Normal,
+            "VersionCreated",
+            "UpdateScheme",
+            format!("version {n}: {}", change.changes),
+        ));
+    }
+    if let Decision::Revert(n) = change.plan.decision() {
+        plan.notices.push(events::event(
+            EventType::Normal,
+            "VersionReverted",
+            "UpdateScheme",
+            format!("the configuration equals stored version {n}; version {n} is current again"),
+        ));
+    }
+    let new_highest = highest
+        .max(number)
+        .max(plan.stored.iter().map(|s| s.number).max().unwrap_or(0));
+    plan.prune = change.plan.delete().to_vec();
+    if !plan.prune.is_empty() || new_highest > highest {
+        plan.record_highest = Some(new_highest);
+    }
+    if !plan.prune.is_empty() {
+        plan.notices.push(events::event(
+            EventType::Normal,
+            "VersionsPruned",
+            "UpdateScheme",
+            format!(
+                "pruned versions {:?} to keep at most spec.maxVersions={}",
+                plan.prune, scheme.spec.max_versions
+            ),
+        ));
+    }
+    plan.stored.extend(plan.create.clone());
+    plan.stored.retain(|s| !plan.prune.contains(&s.number));
+    plan.stored.sort_by_key(|s| s.number);
+    plan.committed = Some(number);
+    plan.highest = new_highest;
+    if let Some(task) = plan.task.as_mut()
+        && task.task_state == TaskState::CommittingScheme
+    {
+        task.finish(now)
+            .map_err(|e| ControllerError::Task(e.to_string()))?;
+    }
+    plan.image_history = record_image(
+        &status.image_history,
+        &scheme.spec.image_version_spec_ref,
+        now,
+    );
+    plan.conditions.push(DesiredCondition::false_(
+        condition_type::DEGRADED,
+        "AsExpected",
+        format!("version {number} is current"),
+    ));
+    Ok(())
+}
+
+/// The scheme's machines as the scale plan sees them: the `live` cached ones plus the
+/// `in_flight` creations the cache does not show yet (still building).
+pub fn slots(
+    live: &[&ProvVm],
+    in_flight: impl IntoIterator<Item = (String, u64)>,
+) -> Vec<MachineSlot> {
+    live.iter()
+        .map(|m| MachineSlot {
+            object: m.name_any(),
+            index: u64::try_from(m.spec.machine_index).unwrap_or(0),
+            created: m
+                .metadata
+                .creation_timestamp
+                .as_ref()
+                .map_or(0, |t| t.0.as_second()),
+            building: !crate::controller::prov_vm::is_built(m),
         })
-        .await;
+        .chain(in_flight.into_iter().map(|(object, index)| MachineSlot {
+            object,
+            index,
+            created: i64::MAX,
+            building: true,
+        }))
+        .collect()
+}
+
+/// The scale step of a scheme drawing names from `pool`: the plan and the naming scheme.
+///
+/// # Errors
+///
+/// When the pool's naming scheme does not parse.
+pub fn plan_machines(
+    scheme: &ProvScheme,
+    pool: &IdentityPool,
+    machines: &[MachineSlot],
+    used: &BTreeSet<u64>,
+) -> Result<(NamingScheme, ScalePlan), ControllerError> {
+    let naming = NamingScheme::parse(&pool.spec.naming_scheme, pool.spec.naming_scheme_type)?;
+    let desired = usize::try_from(scheme.spec.machine_count).unwrap_or(0);
+    let batch = scheme
+        .spec
+        .initial_batch_size_hint
+        .and_then(|b| usize::try_from(b).ok())
+        .unwrap_or(DEFAULT_BATCH);
+    let start = u64::try_from(pool.spec.start_count).unwrap_or(0);
+    let plan = plan_scale(machines, desired, used, start, naming.capacity(), batch);
+    Ok((naming, plan))
+}
+
+/// The Degraded condition of an identity pool without free identities.
+pub fn exhausted(pool: &IdentityPool) -> DesiredCondition {
+    DesiredCondition::true_(
+        condition_type::DEGRADED,
+        "IdentityPoolExhausted",
+        format!(
+            "identity pool '{}' ({}) has no free identity for more machines",
+            pool.name_any(),
+            pool.spec.naming_scheme
+        ),
+    )
+}
+
+/// How many of a scheme's machines exist, are ready, up to date and pending an update.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Counts {
+    /// Machines that exist (or are being created).
+    pub machines: i32,
+    /// Machines whose disks are built.
+    pub ready: i32,
+    /// Machines on the current version.
+    pub up_to_date: i32,
+    /// Machines waiting to be updated to the current version.
+    pub pending_update: i32,
+}
+
+/// The counts of the `live` machines plus `building` ones not cached yet.
+pub fn counts(live: &[&ProvVm], building: usize) -> Counts {
+    let update = |m: &ProvVm| m.status.as_ref().and_then(|s| s.update_status);
+    Counts {
+        machines: i32::try_from(live.len() + building).unwrap_or(i32::MAX),
+        ready: count(live, crate::controller::prov_vm::is_built),
+        up_to_date: count(live, |m| update(m) == Some(UpdateStatus::UpToDate)),
+        pending_update: count(live, |m| update(m) == Some(UpdateStatus::PendingUpdate)),
+    }
+}
+
+/// The status the scheme should have: `base` (the newest status known) with the versioning
+/// step's outcome, the machine counts and the conditions (`extra` ones first).
+pub fn desired_status(
+    scheme: &ProvScheme,
+    base: &ProvSchemeStatus,
+    versions: &VersionPlan,
+    counts: Counts,
+    extra: &[DesiredCondition],
+    now: Timestamp,
+) -> ProvSchemeStatus {
+    let mut status = ProvSchemeStatus {
+        observed_generation: scheme.metadata.generation,
+        session_support: versions.session,
+        selector: Some(versions::selector(&scheme.name_any())),
+        task: versions.task.clone(),
+        versions: versions::summaries(&versions.stored),
+        machine_count: counts.machines,
+        ready_machines: counts.ready,
+        up_to_date_machines: counts.up_to_date,
+        pending_update_machines: counts.pending_update,
+        ..base.clone()
+    };
+    if let Some(number) = versions.committed {
+        status.provisioning_scheme_version = Some(i64::from(number));
+        status.highest_version = Some(i64::from(versions.highest));
+        status.image_history = versions.image_history.clone();
+    }
+    let current = versions.current(base);
+    let mut conditions: Vec<DesiredCondition> = versions.conditions.clone();
+    conditions.extend(extra.iter().cloned());
+    let task_state = status.task.as_ref().map(|t| t.task_state);
+    conditions.push(match (current, task_state) {
+        (Some(n), _) => DesiredCondition::true_(
+            condition_type::READY,
+            "Available",
+            format!(
+                "version {n} is current; {} of {} machines ready",
+                status.ready_machines, scheme.spec.machine_count
+            ),
+        ),
+        (None, Some(state)) if state.is_failure() || state == TaskState::Canceled => {
+            DesiredCondition::false_(
+                condition_type::READY,
+                state.as_str(),
+                status
+                    .task
+                    .as_ref()
+                    .and_then(|t| t.terminating_error.as_ref())
+                    .map(|e| e.message.clone())
+                    .unwrap_or_default(),
+            )
+        }
+        _ => DesiredCondition::false_(
+            condition_type::READY,
+            "Creating",
+            "the scheme's creation task is running".to_owned(),
+        ),
+    });
+    let progressing = status.machine_count != scheme.spec.machine_count
+        || status.ready_machines != status.machine_count;
+    conditions.push(if progressing {
+        DesiredCondition::true_(
+            condition_type::PROGRESSING,
+            "Scaling",
+            format!(
+                "{} machines exist, {} ready, {} wanted",
+                status.machine_count, status.ready_machines, scheme.spec.machine_count
+            ),
+        )
+    } else {
+        DesiredCondition::false_(
+            condition_type::PROGRESSING,
+            "AsExpected",
+            format!("{} machines ready", status.ready_machines),
+        )
+    });
+    status.conditions = merge(
+        &base.conditions,
+        &conditions,
+        scheme.metadata.generation,
+        now,
+    );
+    status
+}
+
+/// Whether and when to write the desired status.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StatusWrite {
+    /// It says nothing new.
+    Skip,
+    /// Write it now.
+    Now,
+    /// Only progress changed and the last write is recent: write it after this long.
+    After(Duration),
+}
+
+/// Whether to write `desired` over `base` (the newest status known): never when it says
+/// nothing new; a change of progress only (machine counts and the messages saying them) at
+/// most once per `interval` since the last write (`since_last`); anything else at once.
+pub fn status_write(
+    base: &ProvSchemeStatus,
+    desired: &ProvSchemeStatus,
+    since_last: Option<Duration>,
+    interval: Duration,
+) -> StatusWrite {
+    if !significant(base, desired) {
+        return StatusWrite::Skip;
+    }
+    match since_last {
+        Some(since) if since < interval && progress_only(base, desired) => {
+            StatusWrite::After(interval - since)
+        }
+        _ => StatusWrite::Now,
+    }
+}
+
+/// Whether `new` differs from `old` in progress only: the machine counts and the messages of
+/// the Ready and Progressing conditions.
+fn progress_only(old: &ProvSchemeStatus, new: &ProvSchemeStatus) -> bool {
+    let without_progress = |status: &ProvSchemeStatus| {
+        let mut copy = status.clone();
+        copy.machine_count = 0;
+        copy.ready_machines = 0;
+        copy.up_to_date_machines = 0;
+        copy.pending_update_machines = 0;
+        for condition in &mut copy.conditions {
+            if condition.type_ == condition_type::READY
+                || condition.type_ == condition_type::PROGRESSING
+            {
+                condition.message.clear();
+            }
+        }
+        copy
+    };
+    !significant(&without_progress(old), &without_progress(new))
+}
+
+/// The Events of one scale step: one for the machines created, one for those deleted.
+pub fn scale_events(created: &[String], deleted: &[String]) -> Vec<Event> {
+    let note = |verb: &str, names: &[String]| {
+        let noun = if names.len() == 1 {
+            "machine"
+        } else {
+            "machines"
+        };
+        format!(
+            "{verb} {} {noun}: {}",
+            names.len(),
+            events::summarize(names, SHOWN_NAMES)
+        )
+    };
+    let mut out = Vec::new();
+    if !created.is_empty() {
+        out.push(events::event(
+            EventType::Normal,
+            "MachinesCreated",
+            "Scale",
+            note("Created", created),
+        ));
+    }
+    if !deleted.is_empty() {
+        out.push(events::event(
+            EventType::Normal,
+            "MachinesDeleted",
+            "Scale",
+            note("Deleted", deleted),
+        ));
+    }
+    out
+}
+
+/// How many machine names an Event about a batch spells out.
+const SHOWN_NAMES: usize = 2;
+
+/// When to reconcile again: soon while the prepared image is awaited or machines are
+/// missing, when a paced status write is due, else at the resync interval.
+pub fn requeue(waits: bool, short: bool, write: StatusWrite, resync: Duration) -> Duration {
+    let mut after = resync;
+    if waits {
+        after = after.min(Duration::from_secs(5));
+    }
+    if short {
+        after = after.min(Duration::from_secs(2));
+    }
+    if let StatusWrite::After(due) = write {
+        after = after.min(due);
+    }
+    after
 }
 
 #[cfg(test)]
@@ -1123,6 +1051,8 @@ mod tests {
         IdentityPoolSpec, IdentityType, ImageDefinitionSpec, ImageVersionSpecFields,
         ImageVersionSpecStatus, NamingSchemeType, OsType, PreparedImageSpec,
     };
+    use proptest::prelude::*;
+    use serde_json::json;
 
     fn spec() -> ProvSchemeSpec {
         serde_json::from_value(json!({
@@ -1448,5 +1378,220 @@ mod tests {
         assert!(two[0].current);
         assert_eq!(two[1].image_version_spec, "img-1");
         assert!(!two[1].current);
+    }
+
+    fn scheme_with_uid(spec: ProvSchemeSpec) -> ProvScheme {
+        let mut scheme = ProvScheme::new("s", spec);
+        scheme.metadata.namespace = Some("ns".into());
+        scheme.metadata.uid = Some("uid".into());
+        scheme.metadata.generation = Some(1);
+        scheme
+    }
+
+    #[test]
+    fn versions_are_numbered_from_what_is_stored_and_recorded() {
+        let now = Timestamp::from_second(1_800_000_000).expect("valid");
+        let ok = refs(ImageStatus::Success, SessionSupport::SingleSession);
+        let scheme = scheme_with_uid(spec());
+        let none = BTreeSet::new();
+        let first = plan_versions(
+            &scheme,
+            &ProvSchemeStatus::default(),
+            0,
+            &[],
+            &none,
+            &ok,
+            now,
+        )
+        .expect("plans");
+        let v1 = first.create.clone().expect("version 1");
+        assert_eq!((v1.number, first.committed, first.highest), (1, Some(1), 1));
+        assert_eq!(first.stored, [v1.clone()]);
+        assert_eq!(
+            first.task.as_ref().map(|t| t.task_state),
+            Some(TaskState::Finished)
+        );
+        let status = desired_status(
+            &scheme,
+            &ProvSchemeStatus::default(),
+            &first,
+            Counts::default(),
+            &[],
+            now,
+        );
+        assert_eq!(status.provisioning_scheme_version, Some(1));
+        // The same configuration again: nothing to write.
+        let again =
+            plan_versions(&scheme, &status, 1, &first.stored, &none, &ok, now).expect("plans");
+        assert!(again.create.is_none() && again.prune.is_empty() && again.record_highest.is_none());
+        assert!(again.notices.is_empty());
+        // A change after version 3 was pruned (highest recorded 3): version 4, never 2 or 3.
+        let mut changed = scheme_with_uid(spec());
+        changed.spec.vm_cpu_count = Some(2);
+        let next =
+            plan_versions(&changed, &status, 3, &first.stored, &none, &ok, now).expect("plans");
+        assert_eq!(next.create.as_ref().map(|c| c.number), Some(4));
+        assert_eq!(next.record_highest, Some(4));
+        assert_eq!(
+            next.stored.iter().map(|s| s.number).collect::<Vec<_>>(),
+            [1, 4]
+        );
+    }
+
+    #[test]
+    fn a_rejected_update_keeps_the_version_and_warns_once() {
+        let now = Timestamp::from_second(1_800_000_000).expect("valid");
+        let ok = refs(ImageStatus::Success, SessionSupport::SingleSession);
+        let scheme = scheme_with_uid(spec());
+        let none = BTreeSet::new();
+        let first = plan_versions(
+            &scheme,
+            &ProvSchemeStatus::default(),
+            0,
+            &[],
+            &none,
+            &ok,
+            now,
+        )
+        .expect("plans");
+        let status = desired_status(
+            &scheme,
+            &ProvSchemeStatus::default(),
+            &first,
+            Counts::default(),
+            &[],
+            now,
+        );
+        let mut broken = refs(ImageStatus::Success, SessionSupport::SingleSession);
+        broken.hosting_unit = None;
+        let plan =
+            plan_versions(&scheme, &status, 1, &first.stored, &none, &broken, now).expect("plans");
+        assert!(plan.create.is_none() && plan.committed.is_none());
+        assert_eq!(plan.current(&status), Some(1));
+        assert_eq!(plan.notices.len(), 1);
+        let rejected = desired_status(&scheme, &status, &plan, Counts::default(), &[], now);
+        let plan = plan_versions(&scheme, &rejected, 1, &first.stored, &none, &broken, now)
+            .expect("plans");
+        assert!(plan.notices.is_empty(), "the condition says it already");
+    }
+
+    fn building_status(scheme: &ProvScheme, ready: i32, machines: i32) -> ProvSchemeStatus {
+        let now = Timestamp::from_second(1_800_000_000).expect("valid");
+        let plan = VersionPlan {
+            committed: Some(1),
+            highest: 1,
+            ..VersionPlan::default()
+        };
+        let counts = Counts {
+            machines,
+            ready,
+            ..Counts::default()
+        };
+        desired_status(
+            scheme,
+            &ProvSchemeStatus::default(),
+            &plan,
+            counts,
+            &[],
+            now,
+        )
+    }
+
+    #[test]
+    fn progress_is_written_at_most_once_per_interval_and_states_at_once() {
+        let mut scheme = scheme_with_uid(spec());
+        scheme.spec.machine_count = 10;
+        let interval = Duration::from_secs(1);
+        let some = building_status(&scheme, 2, 10);
+        let more = building_status(&scheme, 5, 10);
+        let done = building_status(&scheme, 10, 10);
+        assert_eq!(
+            status_write(&some, &some, None, interval),
+            StatusWrite::Skip
+        );
+        assert_eq!(
+            status_write(&some, &more, Some(Duration::from_millis(300)), interval),
+            StatusWrite::After(Duration::from_millis(700))
+        );
+        assert_eq!(
+            status_write(&some, &more, Some(interval), interval),
+            StatusWrite::Now
+        );
+        assert_eq!(status_write(&some, &more, None, interval), StatusWrite::Now);
+        assert_eq!(
+            status_write(&more, &done, Some(Duration::from_millis(10)), interval),
+            StatusWrite::Now,
+            "Progressing turning False is a state change"
+        );
+        assert_eq!(
+            requeue(
+                false,
+                true,
+                StatusWrite::After(Duration::from_millis(700)),
+                Duration::from_secs(300)
+            ),
+            Duration::from_millis(700)
+        );
+    }
+
+    #[test]
+    fn one_event_per_batch_names_the_first_machines() {
+        let created: Vec<String> = (1..=100).map(|i| format!("VDI-{i:03}")).collect();
+        let events = scale_events(&created, &["VDI-200".into()]);
+        assert_eq!(events.len(), 2);
+        assert_eq!(
+            events[0].note.as_deref(),
+            Some("Created 100 machines: VDI-001, VDI-002 and 98 more")
+        );
+        assert_eq!(
+            events[1].note.as_deref(),
+            Some("Deleted 1 machine: VDI-200")
+        );
+        assert!(scale_events(&[], &[]).is_empty());
+    }
+
+    #[test]
+    fn machines_in_flight_count_as_building() {
+        let slots = slots(&[], [("vdi-001".to_owned(), 1)]);
+        assert!(slots[0].building);
+        let plan = plan_scale(&slots, 3, &BTreeSet::from([1]), 1, 1000, 2);
+        assert_eq!(
+            plan.create,
+            [2],
+            "one builds already, so one more fits the batch"
+        );
+    }
+
+    proptest! {
+        #[test]
+        fn scale_plans_never_reuse_an_index_nor_overshoot(
+            existing in proptest::collection::btree_set(0u64..60, 0..20),
+            foreign in proptest::collection::btree_set(0u64..60, 0..20),
+            building in 0usize..20,
+            desired in 0usize..40,
+            start in 0u64..5,
+            batch in 0usize..12,
+        ) {
+            let machines: Vec<MachineSlot> = existing
+                .iter()
+                .enumerate()
+                .map(|(i, index)| slot(&format!("m{index}"), *index, i as i64, i < building))
+                .collect();
+            let used: BTreeSet<u64> = existing.union(&foreign).copied().collect();
+            let plan = plan_scale(&machines, desired, &used, start, 64, batch);
+            let created: BTreeSet<u64> = plan.create.iter().copied().collect();
+            prop_assert_eq!(created.len(), plan.create.len(), "distinct");
+            prop_assert!(created.is_disjoint(&used));
+            prop_assert!(created.iter().all(|i| *i >= start && *i < 64));
+            prop_assert!(machines.len() + plan.create.len() <= desired.max(machines.len()));
+            let building_now = machines.iter().filter(|m| m.building).count();
+            prop_assert!(plan.create.is_empty() || building_now + plan.create.len() <= batch.max(1));
+            if machines.len() > desired {
+                prop_assert_eq!(plan.delete.len(), machines.len() - desired);
+                prop_assert!(plan.create.is_empty());
+            } else {
+                prop_assert!(plan.delete.is_empty());
+            }
+        }
     }
 }
