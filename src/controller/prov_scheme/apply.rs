@@ -16,7 +16,7 @@ use serde_json::json;
 
 use super::decide::{self, ScalePlan, VersionPlan};
 use super::expectations::{Creation, Expectations};
-use super::read::Observed;
+use super::read::{self, Observed};
 use super::{FINALIZER, versions};
 use crate::api::{ANNOTATION_CANCEL, ANNOTATION_RETRY, ProvScheme, ProvVm};
 use crate::controller::{Context, ControllerError, strict};
@@ -26,24 +26,35 @@ pub const WRITES_IN_FLIGHT: usize = 16;
 /// How many indices are tried for one machine when names collide with another writer.
 const NAME_ATTEMPTS: usize = 20;
 
-/// Adds the finalizer when the scheme lacks it; `true` when it was added (the reconcile ends
-/// there and the patch's watch event starts the next one).
+/// The scheme's lifecycle before the pipeline: a scheme being deleted has its machines
+/// deleted and then loses its finalizer; a scheme without the finalizer gets it. `Some` when
+/// the reconcile ends here.
 ///
 /// # Errors
 ///
-/// When the patch fails.
-pub async fn ensure_finalizer(
+/// When a request fails.
+pub async fn lifecycle(
     scheme: &ProvScheme,
     context: &Context,
+    expectations: &Expectations,
     namespace: &str,
-) -> Result<bool, ControllerError> {
-    if scheme.finalizers().iter().any(|f| f == FINALIZER) {
-        return Ok(false);
+) -> Result<Option<Action>, ControllerError> {
+    let finalized = scheme.finalizers().iter().any(|f| f == FINALIZER);
+    if scheme.metadata.deletion_timestamp.is_some() {
+        if finalized {
+            return cleanup(scheme, context, expectations, namespace)
+                .await
+                .map(Some);
+        }
+        return Ok(Some(Action::await_change()));
+    }
+    if finalized {
+        return Ok(None);
     }
     let mut finalizers = scheme.finalizers().to_vec();
     finalizers.push(FINALIZER.to_owned());
     set_finalizers(&context.api(namespace), scheme, finalizers).await?;
-    Ok(true)
+    Ok(Some(Action::await_change()))
 }
 
 async fn set_finalizers(
@@ -62,11 +73,7 @@ async fn set_finalizers(
 /// Deletes the scheme's machines and keeps the finalizer until they are gone. The machines
 /// to delete come from the cache; that none is left is checked with a fresh list from the
 /// API before the finalizer goes.
-///
-/// # Errors
-///
-/// When a request fails.
-pub async fn cleanup(
+async fn cleanup(
     scheme: &ProvScheme,
     context: &Context,
     expectations: &Expectations,
@@ -80,7 +87,7 @@ pub async fn cleanup(
         .machines
         .in_namespace(namespace)
         .iter()
-        .filter(|m| m.spec.prov_scheme_ref == name)
+        .filter(|m| read::owned_by(m, &name))
         .map(|m| m.name_any())
         .collect();
     let remaining = if cached.is_empty() {

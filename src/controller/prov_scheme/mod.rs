@@ -69,14 +69,8 @@ async fn reconcile(
         kind: "ProvScheme",
         field: "namespace",
     })?;
-    if scheme.metadata.deletion_timestamp.is_some() {
-        if scheme.finalizers().iter().any(|f| f == FINALIZER) {
-            return apply::cleanup(&scheme, context, expectations, &namespace).await;
-        }
-        return Ok(Action::await_change());
-    }
-    if apply::ensure_finalizer(&scheme, context, &namespace).await? {
-        return Ok(Action::await_change());
+    if let Some(action) = apply::lifecycle(&scheme, context, expectations, &namespace).await? {
+        return Ok(action);
     }
     let now = Timestamp::now();
     let observed = read::read(
@@ -111,13 +105,7 @@ async fn reconcile(
         &machines.conditions,
         now,
     );
-    let write = decide::status_write(
-        &observed.status,
-        &status,
-        observed.since_status_write,
-        context.config.progress_interval,
-    );
-    report::status(&observed, &status, write, context, expectations).await?;
+    let write = report::status(&observed, &status, context, expectations).await?;
     apply::consume_annotations(&observed.scheme, context, &namespace).await?;
     let mut notices = std::mem::take(&mut versions.notices);
     notices.extend(machines.notices);

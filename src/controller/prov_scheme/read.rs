@@ -11,7 +11,7 @@ use kube::ResourceExt;
 use super::decide::{self, References};
 use super::expectations::{Creation, Expectations, InFlight, Seen};
 use super::versions::{self, StoredConfiguration};
-use crate::api::{ProvScheme, ProvSchemeStatus, ProvVm};
+use crate::api::{LABEL_PROVSCHEME, ProvScheme, ProvSchemeStatus, ProvVm};
 use crate::controller::stores::Stores;
 
 /// What one reconcile of a scheme starts from.
@@ -100,7 +100,7 @@ pub fn read(
         .machines
         .in_namespace(namespace)
         .into_iter()
-        .filter(|m| m.spec.prov_scheme_ref == name && !in_flight.deleting.contains(&m.name_any()))
+        .filter(|m| owned_by(m, &name) && !in_flight.deleting.contains(&m.name_any()))
         .collect();
     let used = pool_indices(stores, namespace, pool_name, &in_flight);
     Observed {
@@ -118,6 +118,14 @@ pub fn read(
         used,
         scheme,
     }
+}
+
+/// Whether `machine` is one of `scheme`'s: it names the scheme and carries its label (a
+/// hand-made ProvVM naming the scheme without the label is reported by the ProvVM controller,
+/// never counted, scaled or deleted here).
+pub fn owned_by(machine: &ProvVm, scheme: &str) -> bool {
+    machine.spec.prov_scheme_ref == scheme
+        && machine.labels().get(LABEL_PROVSCHEME).map(String::as_str) == Some(scheme)
 }
 
 /// The cached versions of `scheme`, with those created and not cached yet, without those
@@ -192,4 +200,29 @@ fn owned<K: Clone>(object: Option<Arc<K>>) -> Option<K> {
 /// The versions `observed`'s machines run (being deleted or not).
 pub fn referenced(observed: &Observed) -> BTreeSet<u32> {
     decide::referenced_versions(observed.machines.iter().map(AsRef::as_ref))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::{DesiredPowerState, ProvVmSpec};
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn only_labelled_machines_naming_the_scheme_are_its_own() {
+        let mut machine = ProvVm::new(
+            "vdi-001",
+            ProvVmSpec {
+                prov_scheme_ref: "s".into(),
+                machine_name: "VDI-001".into(),
+                machine_index: 1,
+                power_state: DesiredPowerState::Stopped,
+                overrides: None,
+            },
+        );
+        assert!(!owned_by(&machine, "s"), "hand-made: no label");
+        machine.metadata.labels = Some(BTreeMap::from([(LABEL_PROVSCHEME.into(), "s".into())]));
+        assert!(owned_by(&machine, "s"));
+        assert!(!owned_by(&machine, "t"));
+    }
 }

@@ -7,15 +7,15 @@ use kube::ResourceExt;
 use kube::runtime::events::Event;
 
 use super::CONTROLLER;
-use super::decide::StatusWrite;
+use super::decide::{self, StatusWrite};
 use super::expectations::{Expectations, WrittenStatus};
 use super::read::Observed;
 use crate::api::ProvSchemeStatus;
 use crate::controller::status::{apply_status, field_manager};
 use crate::controller::{Context, ControllerError, events};
 
-/// Writes `desired` as the scheme's status when `write` is [`StatusWrite::Now`], and
-/// remembers it until the cache shows it.
+/// Writes `desired` as the scheme's status when [`decide::status_write`] says now, and
+/// remembers it until the cache shows it; returns that decision.
 ///
 /// # Errors
 ///
@@ -23,12 +23,17 @@ use crate::controller::{Context, ControllerError, events};
 pub async fn status(
     observed: &Observed,
     desired: &ProvSchemeStatus,
-    write: StatusWrite,
     context: &Context,
     expectations: &Expectations,
-) -> Result<(), ControllerError> {
+) -> Result<StatusWrite, ControllerError> {
+    let write = decide::status_write(
+        &observed.status,
+        desired,
+        observed.since_status_write,
+        context.config.progress_interval,
+    );
     if write != StatusWrite::Now {
-        return Ok(());
+        return Ok(write);
     }
     // The newest status known stands for the cached one (which may lag behind the last write).
     let mut scheme = observed.scheme.as_ref().clone();
@@ -49,7 +54,7 @@ pub async fn status(
             at: Instant::now(),
         },
     );
-    Ok(())
+    Ok(write)
 }
 
 /// Publishes `notices` about the scheme.
