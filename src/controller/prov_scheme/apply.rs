@@ -8,9 +8,9 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch};
 use kube::runtime::controller::Action;
-use kube::{Resource, ResourceExt};
 use mcs_domain::naming::NamingScheme;
 use serde_json::json;
 
@@ -23,6 +23,10 @@ use crate::controller::{Context, ControllerError, strict};
 
 /// How many machine creations (or deletions) are sent at once.
 pub const WRITES_IN_FLIGHT: usize = 16;
+/// How many machine creations are sent at once: one, in index order, so that a crash leaves
+/// the lowest indices created and "newest first" picks the same machines to delete as an
+/// uninterrupted run would (creation timestamps are the age of a machine).
+pub const CREATES_IN_FLIGHT: usize = 1;
 /// How many indices are tried for one machine when names collide with another writer.
 const NAME_ATTEMPTS: usize = 20;
 
@@ -197,10 +201,11 @@ pub struct Scaled {
     pub error: Option<ControllerError>,
 }
 
-/// Creates and deletes machines as `plan` says, [`WRITES_IN_FLIGHT`] requests at a time. Each
+/// Creates machines as `plan` says, [`CREATES_IN_FLIGHT`] at a time, and deletes machines,
+/// [`WRITES_IN_FLIGHT`] at a time. Each
 /// name is reserved in `expectations` before its create, so no other reconcile issues it; a
-/// name taken by another writer (409) moves to the next free index, unless the machine that
-/// holds it is this scheme's own (a create whose answer was lost).
+/// name taken by another writer (409) moves to the next free index; a create without an answer
+/// keeps its name reserved until the cache shows the machine or the reservation times out.
 pub async fn scale(
     observed: &Observed,
     naming: &NamingScheme,
@@ -227,7 +232,7 @@ pub async fn scale(
     let results: Vec<Result<Option<String>, ControllerError>> =
         futures::stream::iter(plan.create.clone())
             .map(|index| writer.create(index))
-            .buffer_unordered(WRITES_IN_FLIGHT)
+            .buffered(CREATES_IN_FLIGHT)
             .collect()
             .await;
     for result in results {
@@ -287,19 +292,17 @@ impl Writer<'_> {
                 match strict::create(&self.api, &machine).await {
                     Ok(_) => return Ok(Some(machine.spec.machine_name)),
                     Err(kube::Error::Api(s)) if s.code == 409 => {
-                        if self.is_own(&creation.object).await? {
-                            // Ours already (an earlier create whose answer was lost): keep the
-                            // reservation until the cache shows it.
-                            return Ok(None);
-                        }
                         self.expectations
                             .release(&observed.namespace, &creation.object);
                     }
-                    Err(error) => {
+                    Err(kube::Error::Api(status)) => {
                         self.expectations
                             .release(&observed.namespace, &creation.object);
-                        return Err(error.into());
+                        return Err(kube::Error::Api(status).into());
                     }
+                    // No answer: the machine may exist, so its name stays reserved until the
+                    // cache shows it or the reservation times out.
+                    Err(error) => return Err(error.into()),
                 }
             }
             match self.next_free(candidate) {
@@ -308,18 +311,6 @@ impl Writer<'_> {
             }
         }
         Ok(None)
-    }
-
-    /// Whether `object` exists as a live machine of this scheme (a fresh read, after a 409).
-    async fn is_own(&self, object: &str) -> Result<bool, ControllerError> {
-        let existing = self.api.get_opt(object).await?;
-        Ok(existing.is_some_and(|m| {
-            m.spec.prov_scheme_ref == self.observed.name
-                && m.metadata.deletion_timestamp.is_none()
-                && m.owner_references()
-                    .iter()
-                    .any(|o| Some(&o.uid) == self.observed.scheme.meta().uid.as_ref())
-        }))
     }
 
     /// Takes the lowest free index above `after`.

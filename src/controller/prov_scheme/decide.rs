@@ -1388,36 +1388,32 @@ mod tests {
         scheme
     }
 
+    /// Version 1 of `scheme` and the status that records it.
+    fn first_version(
+        scheme: &ProvScheme,
+        refs: &References,
+        now: Timestamp,
+    ) -> (VersionPlan, ProvSchemeStatus) {
+        let base = ProvSchemeStatus::default();
+        let first =
+            plan_versions(scheme, &base, 0, &[], &BTreeSet::new(), refs, now).expect("plans");
+        let status = desired_status(scheme, &base, &first, Counts::default(), &[], now);
+        (first, status)
+    }
+
     #[test]
     fn versions_are_numbered_from_what_is_stored_and_recorded() {
         let now = Timestamp::from_second(1_800_000_000).expect("valid");
         let ok = refs(ImageStatus::Success, SessionSupport::SingleSession);
         let scheme = scheme_with_uid(spec());
         let none = BTreeSet::new();
-        let first = plan_versions(
-            &scheme,
-            &ProvSchemeStatus::default(),
-            0,
-            &[],
-            &none,
-            &ok,
-            now,
-        )
-        .expect("plans");
+        let (first, status) = first_version(&scheme, &ok, now);
         let v1 = first.create.clone().expect("version 1");
         assert_eq!((v1.number, first.committed, first.highest), (1, Some(1), 1));
-        assert_eq!(first.stored, [v1.clone()]);
+        assert_eq!(first.stored, std::slice::from_ref(&v1));
         assert_eq!(
             first.task.as_ref().map(|t| t.task_state),
             Some(TaskState::Finished)
-        );
-        let status = desired_status(
-            &scheme,
-            &ProvSchemeStatus::default(),
-            &first,
-            Counts::default(),
-            &[],
-            now,
         );
         assert_eq!(status.provisioning_scheme_version, Some(1));
         // The same configuration again: nothing to write.
@@ -1444,24 +1440,7 @@ mod tests {
         let ok = refs(ImageStatus::Success, SessionSupport::SingleSession);
         let scheme = scheme_with_uid(spec());
         let none = BTreeSet::new();
-        let first = plan_versions(
-            &scheme,
-            &ProvSchemeStatus::default(),
-            0,
-            &[],
-            &none,
-            &ok,
-            now,
-        )
-        .expect("plans");
-        let status = desired_status(
-            &scheme,
-            &ProvSchemeStatus::default(),
-            &first,
-            Counts::default(),
-            &[],
-            now,
-        );
+        let (first, status) = first_version(&scheme, &ok, now);
         let mut broken = refs(ImageStatus::Success, SessionSupport::SingleSession);
         broken.hosting_unit = None;
         let plan =

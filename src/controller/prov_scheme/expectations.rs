@@ -148,12 +148,7 @@ impl Expectations {
         now: Instant,
     ) {
         let mut namespaces = self.lock();
-        let writes = namespaces
-            .entry(namespace.to_owned())
-            .or_default()
-            .schemes
-            .entry(scheme.to_owned())
-            .or_default();
+        let writes = scheme_writes(&mut namespaces, namespace, scheme);
         if let Some(created) = created {
             writes.revisions.insert(created.number, (created, now));
         }
@@ -167,12 +162,7 @@ impl Expectations {
     /// Remembers the status written for `scheme`.
     pub fn status_written(&self, namespace: &str, scheme: &str, written: WrittenStatus) {
         let mut namespaces = self.lock();
-        let writes = namespaces
-            .entry(namespace.to_owned())
-            .or_default()
-            .schemes
-            .entry(scheme.to_owned())
-            .or_default();
+        let writes = scheme_writes(&mut namespaces, namespace, scheme);
         writes.status_written = Some(written.at);
         writes.status = Some(written);
     }
@@ -267,6 +257,20 @@ impl Expectations {
             writes.creations.retain(|_, (c, _)| c.scheme != scheme);
         }
     }
+}
+
+/// The writes of `scheme` in `namespace`, made empty when there are none yet.
+fn scheme_writes<'a>(
+    namespaces: &'a mut BTreeMap<String, NamespaceWrites>,
+    namespace: &str,
+    scheme: &str,
+) -> &'a mut SchemeWrites {
+    namespaces
+        .entry(namespace.to_owned())
+        .or_default()
+        .schemes
+        .entry(scheme.to_owned())
+        .or_default()
 }
 
 #[cfg(test)]
