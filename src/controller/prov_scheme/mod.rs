@@ -24,7 +24,6 @@ pub mod versions;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
 use jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::{self, Action, Controller};
@@ -236,12 +235,5 @@ pub async fn run(context: Arc<Context>) {
         context: context.clone(),
         expectations: expectations::Expectations::default(),
     });
-    controller
-        .run(reconcile, error_policy, shared)
-        .for_each(|result| async move {
-            if let Err(error) = result {
-                super::log_run_error(CONTROLLER, &error);
-            }
-        })
-        .await;
+    super::drain(CONTROLLER, controller.run(reconcile, error_policy, shared)).await;
 }
