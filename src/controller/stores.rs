@@ -89,6 +89,28 @@ where
         self.store.get(&ObjectRef::new(name).within(namespace))
     }
 
+    /// `name` in `namespace` from the cache or, on a miss, from the API server: the cache may
+    /// not show yet an object created a moment ago. The fresh read is a consistent list by
+    /// name (the role grants lists of every kind, `get` of only some).
+    pub async fn get_or_fetch(
+        &self,
+        api: &Api<K>,
+        namespace: &str,
+        name: &str,
+    ) -> Result<Option<Arc<K>>, kube::Error> {
+        if let Some(cached) = self.get(namespace, name) {
+            return Ok(Some(cached));
+        }
+        let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
+        Ok(api
+            .list(&by_name)
+            .await?
+            .items
+            .into_iter()
+            .next()
+            .map(Arc::new))
+    }
+
     /// Every cached object of `namespace`.
     pub fn in_namespace(&self, namespace: &str) -> Vec<Arc<K>> {
         self.store

@@ -246,10 +246,7 @@ where
         + Sync
         + 'static,
 {
-    if let Some(cached) = shared.get(namespace, name) {
-        return Ok(Some(cached));
-    }
-    Ok(api.get_opt(name).await?.map(Arc::new))
+    Ok(shared.get_or_fetch(&api, namespace, name).await?)
 }
 
 /// Who uses any of `specs` in `namespace`, as the caches see it: provisioning schemes

@@ -72,13 +72,14 @@ async fn reconcile(
         return Ok(action);
     }
     let now = Timestamp::now();
-    let observed = read::read(
+    let mut observed = read::read(
         scheme,
         &namespace,
         &context.stores,
         expectations,
         Instant::now(),
     );
+    read::confirm_missing(&mut observed.refs, context, &namespace, &observed.scheme).await?;
     let mut versions = decide::plan_versions(
         &observed.scheme,
         &observed.status,

@@ -12,7 +12,8 @@ use super::decide::{self, References};
 use super::expectations::{Creation, Expectations, InFlight, Seen};
 use super::versions::{self, StoredConfiguration};
 use crate::api::{LABEL_PROVSCHEME, ProvScheme, ProvSchemeStatus, ProvVm};
-use crate::controller::stores::Stores;
+use crate::controller::stores::{Shared, Stores};
+use crate::controller::{Context, ControllerError};
 
 /// What one reconcile of a scheme starts from.
 #[derive(Clone, Debug)]
@@ -190,6 +191,72 @@ fn references(stores: &Stores, namespace: &str, scheme: &ProvScheme) -> Referenc
         image,
         definition: owned(definition),
     }
+}
+
+/// Confirms the references the caches do not hold with the API server: a spec, unit or pool
+/// applied together with the scheme (`kubectl apply -f examples/`) may reach its cache after
+/// the scheme's event, and judging it missing would fail the scheme's creation task for good.
+/// One consistent list by name per missing reference (lists are what the role grants), only
+/// while something is missing.
+pub async fn confirm_missing(
+    refs: &mut References,
+    context: &Context,
+    namespace: &str,
+    scheme: &ProvScheme,
+) -> Result<(), ControllerError> {
+    let spec = &scheme.spec;
+    let stores = &context.stores;
+    if refs.hosting_unit.is_none() {
+        refs.hosting_unit =
+            fetch(&stores.units, context, namespace, &spec.hosting_unit_ref).await?;
+    }
+    if refs.identity_pool.is_none() {
+        refs.identity_pool =
+            fetch(&stores.pools, context, namespace, &spec.identity_pool_ref).await?;
+    }
+    if refs.image.is_none() {
+        refs.image = fetch(
+            &stores.specs,
+            context,
+            namespace,
+            &spec.image_version_spec_ref,
+        )
+        .await?;
+    }
+    if refs.definition.is_none()
+        && let Some(image) = &refs.image
+        && let Some(version) = fetch(
+            &stores.versions,
+            context,
+            namespace,
+            &image.spec.image_version_ref,
+        )
+        .await?
+    {
+        let name = &version.spec.image_definition_ref;
+        refs.definition = fetch(&stores.definitions, context, namespace, name).await?;
+    }
+    Ok(())
+}
+
+/// `name` from `shared`'s cache or, on a miss, from the API server, as an owned copy.
+async fn fetch<K>(
+    shared: &Shared<K>,
+    context: &Context,
+    namespace: &str,
+    name: &str,
+) -> Result<Option<K>, ControllerError>
+where
+    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    let api = context.api::<K>(namespace);
+    Ok(owned(shared.get_or_fetch(&api, namespace, name).await?))
 }
 
 /// A cached object as an owned copy.
