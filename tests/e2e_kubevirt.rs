@@ -310,6 +310,53 @@ async fn get(h: &Harness, ar: &ApiResource, name: &str) -> Value {
     serde_json::to_value(api.get(name).await.expect("get")).expect("json")
 }
 
+/// Waits until the cluster's garbage collector watches VirtualMachines. The controller manager
+/// adds a kind to its graph at its periodic discovery resync, up to about 30 s after the CRD
+/// was installed; a foreground deletion before that finishes without the owner's VMs and
+/// leaves them. The probe: a copy of VM `model` owned by a throwaway ConfigMap goes with it.
+async fn collector_watches_virtual_machines(h: &Harness, model: &str) {
+    use k8s_openapi::api::core::v1::ConfigMap;
+    let maps: Api<ConfigMap> = h.api();
+    let owner = maps
+        .create(
+            &kube::api::PostParams::default(),
+            &serde_json::from_value(json!({"metadata": {"name": "gc-probe-owner"}}))
+                .expect("configmap"),
+        )
+        .await
+        .expect("probe owner");
+    let vms: Api<DynamicObject> = Api::namespaced_with(
+        h.cluster.client.clone(),
+        &h.cluster.namespace,
+        &objects::virtual_machines(),
+    );
+    let mut probe = get(h, &objects::virtual_machines(), model).await;
+    probe["metadata"] = json!({
+        "name": "gc-probe",
+        "ownerReferences": [{
+            "apiVersion": "v1", "kind": "ConfigMap", "name": "gc-probe-owner",
+            "uid": owner.metadata.uid.expect("uid"),
+        }],
+    });
+    probe.as_object_mut().expect("object").remove("status");
+    vms.create(
+        &kube::api::PostParams::default(),
+        &serde_json::from_value(probe).expect("probe"),
+    )
+    .await
+    .expect("probe vm");
+    maps.delete("gc-probe-owner", &DeleteParams::default())
+        .await
+        .expect("delete probe owner");
+    gone(
+        h,
+        &objects::virtual_machines(),
+        &["gc-probe".to_string()],
+        Duration::from_secs(120),
+    )
+    .await;
+}
+
 /// Waits until VirtualMachine `name` shows `printable` as its `status.printableStatus`.
 async fn wait_vm(h: &Harness, name: &str, printable: &str) -> Value {
     let deadline = std::time::Instant::now() + h.timeout;
@@ -569,6 +616,7 @@ async fn ownership_and_namespace_deletion(
 
     // The operator stopped: a foreground deletion of the ProvVM lets the garbage collector
     // remove its VirtualMachine and Secret, and through them its DataVolume and PVC.
+    collector_watches_virtual_machines(h, &third).await;
     h.kill_operator();
     let start = std::time::Instant::now();
     machines
