@@ -31,7 +31,6 @@ use kube::runtime::reflector::ObjectRef;
 pub use decide::{Counter, aggregate, changes_scheme_count, next_version};
 
 use super::events::publish_event;
-use super::image_version_spec::caches_ready;
 use super::image_version_spec::read::refs_where;
 use super::status::{apply_status, field_manager};
 use super::tasks::report_blocked_deletion;
@@ -132,7 +131,7 @@ pub async fn run(context: Arc<Context>) {
     let stores = &context.stores;
     let versions = stores.versions.store().clone();
     context.caches.track(CONTROLLER, versions.clone());
-    if !caches_ready(&context).await {
+    if !stores.ready().await {
         return;
     }
     let (by_scheme, by_definition) = (versions.clone(), versions);

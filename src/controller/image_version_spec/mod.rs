@@ -37,7 +37,7 @@ pub use decide::{
     image_status_of_task, image_step_percent, schemes_using, states_passed, task_conditions,
     users_of_specs, without_clock,
 };
-pub use read::{caches_ready, confirmed_users, schemes_and_machines, users};
+pub use read::{confirmed_users, schemes_and_machines, users};
 
 use super::{Context, ControllerError, requeue_after_error};
 use crate::api::{
@@ -158,7 +158,7 @@ pub async fn run(context: Arc<Context>) {
     let stores = &context.stores;
     let specs = stores.specs.store().clone();
     context.caches.track(CONTROLLER, specs.clone());
-    if !caches_ready(&context).await {
+    if !stores.ready().await {
         return;
     }
     let (by_unit, by_version) = (specs.clone(), specs);

@@ -300,19 +300,6 @@ pub async fn schemes_and_machines(
     Ok((schemes, machines))
 }
 
-/// Resolves once every shared cache has had its first list (false if one never can).
-///
-/// Asks again every half second: kube's readiness signal wakes only the last task that waited
-/// on a store, and every controller waits on the same shared stores.
-pub async fn caches_ready(context: &Context) -> bool {
-    loop {
-        let wait = std::time::Duration::from_millis(500);
-        if let Ok(ready) = tokio::time::timeout(wait, context.stores.ready()).await {
-            return ready;
-        }
-    }
-}
-
 /// References to the cached objects of `namespace` that `keep` accepts (a trigger's mapping
 /// from another kind's object to the objects it concerns).
 pub fn refs_where<K>(
