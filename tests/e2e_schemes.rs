@@ -146,7 +146,7 @@ async fn seed_examples_make_versions_and_revert() {
     );
     let reverted = wait_version(&env, "myscheme", 1).await;
     assert_eq!(reverted.spec.machine_profile.as_deref(), Some(profile1));
-    assert_eq!(reverted.spec.vm_cpu_count, Some(1));
+    assert_eq!(reverted.spec.size.vm_cpu_count, Some(1));
     assert_eq!(
         reverted.status.as_ref().and_then(|s| s.highest_version),
         Some(3)

@@ -10,6 +10,7 @@ use super::common::{
     Condition, DeletionPolicy, ImageStatus, NetworkMapping, SpecKind, TaskStatus,
     conditions_schema, metadata_schema, named_list_schema, network_mapping_schema,
 };
+use super::machine_size::MachineSize;
 
 /// Exactly one of `master` or `prepared`. The spec is immutable once created: a different image
 /// is a new spec.
@@ -91,10 +92,9 @@ pub struct PreparedImageSpec {
     #[x_kube(validation = Rule::new("self.all(k, size(self[k]) > 0)").message("spec.prepared.networkMapping values must be network paths, not empty"))]
     #[schemars(schema_with = "network_mapping_schema")]
     pub network_mapping: NetworkMapping,
-    /// Service offering inventory path (exclusive with vmCpuCount/vmMemoryMB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
-    pub service_offering: Option<String>,
+    /// Service offering or CPU and memory of machines.
+    #[serde(flatten)]
+    pub size: MachineSize,
     /// Machine profile inventory path: the VM (or template spec version, launch template
     /// version, Local `.machineprofile`) whose properties new machines copy.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -105,22 +105,6 @@ pub struct PreparedImageSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 65536))]
     pub custom_properties: Option<String>,
-    /// Virtual CPUs of machines (default: the master's).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "vmCpuCount"
-    )]
-    #[schemars(range(min = 1, max = 1024))]
-    pub vm_cpu_count: Option<i32>,
-    /// Memory of machines in MiB (default: the master's).
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "vmMemoryMB"
-    )]
-    #[schemars(range(min = 1))]
-    pub vm_memory_mb: Option<i64>,
     /// Free-form metadata.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(schema_with = "metadata_schema")]

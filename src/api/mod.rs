@@ -15,6 +15,7 @@ mod identity_pool;
 mod image_definition;
 mod image_version;
 mod image_version_spec;
+mod machine_size;
 mod prov_scheme;
 mod prov_vm;
 
@@ -25,6 +26,7 @@ pub use identity_pool::*;
 pub use image_definition::*;
 pub use image_version::*;
 pub use image_version_spec::*;
+pub use machine_size::*;
 pub use prov_scheme::*;
 pub use prov_vm::*;
 

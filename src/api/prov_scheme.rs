@@ -13,6 +13,7 @@ use super::common::{
     Condition, DeletionPolicy, NetworkMapping, SessionSupport, TaskStatus, TenancyType,
     conditions_schema, metadata_schema, network_mapping_schema,
 };
+use super::machine_size::MachineSize;
 
 /// A provisioning scheme: the configuration new machines are created from, its version history,
 /// and the number of machines wanted.
@@ -80,26 +81,9 @@ pub struct ProvSchemeSpec {
     #[x_kube(validation = Rule::new("self.all(k, size(self[k]) > 0)").message("spec.networkMapping values must be network paths, not empty"))]
     #[schemars(schema_with = "network_mapping_schema")]
     pub network_mapping: NetworkMapping,
-    /// Service offering inventory path (exclusive with vmCpuCount/vmMemoryMB).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
-    pub service_offering: Option<String>,
-    /// Virtual CPUs of new machines.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "vmCpuCount"
-    )]
-    #[schemars(range(min = 1, max = 1024))]
-    pub vm_cpu_count: Option<i32>,
-    /// Memory of new machines in MiB.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "vmMemoryMB"
-    )]
-    #[schemars(range(min = 1))]
-    pub vm_memory_mb: Option<i64>,
+    /// Service offering or CPU and memory of machines.
+    #[serde(flatten)]
+    pub size: MachineSize,
     /// Machine profile inventory path: it names a `.vm`, `.templatespecversion`,
     /// `.launchtemplateversion` or `.machineprofile` item. Cannot be added or removed after creation.
     #[serde(default, skip_serializing_if = "Option::is_none")]

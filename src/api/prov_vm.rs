@@ -4,6 +4,7 @@ use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
 use super::common::{Condition, TaskStatus, conditions_schema, named_list_schema};
+use super::machine_size::MachineSize;
 
 /// One machine, created and owned by its ProvScheme. Users set `powerState` (`Running` or
 /// `Stopped`) and the per-machine overrides; the rest is the operator's.
@@ -99,26 +100,9 @@ pub enum PowerState {
 #[x_kube(validation = Rule::new("!(has(self.vmCpuCount) || has(self.vmMemoryMB)) || !has(self.serviceOffering)").message("spec.overrides.vmCpuCount and spec.overrides.vmMemoryMB cannot be used with spec.overrides.serviceOffering"))]
 #[serde(rename_all = "camelCase")]
 pub struct MachineOverrides {
-    /// Virtual CPUs.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "vmCpuCount"
-    )]
-    #[schemars(range(min = 1, max = 1024))]
-    pub vm_cpu_count: Option<i32>,
-    /// Memory in MiB.
-    #[serde(
-        default,
-        skip_serializing_if = "Option::is_none",
-        rename = "vmMemoryMB"
-    )]
-    #[schemars(range(min = 1))]
-    pub vm_memory_mb: Option<i64>,
-    /// Service offering inventory path.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(min = 1, max = 4096))]
-    pub service_offering: Option<String>,
+    /// Service offering or CPU and memory of machines.
+    #[serde(flatten)]
+    pub size: MachineSize,
 }
 
 /// Whether a machine matches its scheme's current version.

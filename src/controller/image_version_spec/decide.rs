@@ -1241,11 +1241,9 @@ mod tests {
             prepared: Some(PreparedImageSpec {
                 source_spec_ref: source.into(),
                 network_mapping: [("0".to_string(), "x".to_string())].into(),
-                service_offering: None,
+                size: Default::default(),
                 machine_profile: None,
                 custom_properties: None,
-                vm_cpu_count: None,
-                vm_memory_mb: None,
                 metadata: Default::default(),
             }),
             deletion_policy: DeletionPolicy::Delete,

@@ -62,9 +62,9 @@ pub fn scheme_facts(spec: &ProvSchemeSpec) -> SchemeFacts {
         use_write_back_cache: spec.use_write_back_cache,
         write_back_cache_disk_size: spec.write_back_cache_disk_size_gb.map(i64::from),
         write_back_cache_memory_size: spec.write_back_cache_memory_size_mb.map(i64::from),
-        vm_cpu_count: spec.vm_cpu_count.map(i64::from),
-        vm_memory_mb: spec.vm_memory_mb,
-        service_offering: spec.service_offering.clone(),
+        vm_cpu_count: spec.size.vm_cpu_count.map(i64::from),
+        vm_memory_mb: spec.size.vm_memory_mb,
+        service_offering: spec.size.service_offering.clone(),
         machine_profile: spec.machine_profile.clone(),
         machine_profile_tenancy: None,
         network_mapping: Some(spec.network_mapping.clone()),
@@ -97,7 +97,7 @@ fn check_inventory(spec: &ProvSchemeSpec, unit: &HostingUnit) -> Vec<RuleError> 
             });
         }
     }
-    if let Some(path) = &spec.service_offering
+    if let Some(path) = &spec.size.service_offering
         && let Some(name) = leaf_name(path)
         && !unit.spec.service_offerings.iter().any(|o| o.name == name)
     {
@@ -1109,11 +1109,9 @@ mod tests {
                         "0".into(),
                         "XDHyp:\\HostingUnits\\lab\\lan.network".into(),
                     )]),
-                    service_offering: None,
+                    size: Default::default(),
                     machine_profile: None,
                     custom_properties: None,
-                    vm_cpu_count: None,
-                    vm_memory_mb: None,
                     metadata: BTreeMap::new(),
                 }),
                 deletion_policy: Default::default(),
@@ -1234,9 +1232,9 @@ mod tests {
         let mut s = spec();
         s.network_mapping
             .insert("1".into(), "XDHyp:\\HostingUnits\\lab\\dmz.network".into());
-        s.vm_cpu_count = None;
-        s.vm_memory_mb = None;
-        s.service_offering = Some("XDHyp:\\HostingUnits\\lab\\huge.serviceoffering".into());
+        s.size.vm_cpu_count = None;
+        s.size.vm_memory_mb = None;
+        s.size.service_offering = Some("XDHyp:\\HostingUnits\\lab\\huge.serviceoffering".into());
         let verdict = judge(&s, None, None, &r);
         assert_eq!(
             reasons(&verdict),
@@ -1423,7 +1421,7 @@ mod tests {
         assert!(again.notices.is_empty());
         // A change after version 3 was pruned (highest recorded 3): version 4, never 2 or 3.
         let mut changed = scheme_with_uid(spec());
-        changed.spec.vm_cpu_count = Some(2);
+        changed.spec.size.vm_cpu_count = Some(2);
         let next =
             plan_versions(&changed, &status, 3, &first.stored, &none, &ok, now).expect("plans");
         assert_eq!(next.create.as_ref().map(|c| c.number), Some(4));

@@ -451,7 +451,7 @@ mod tests {
         for field in NON_CONFIGURATION_FIELDS {
             assert!(base.get(field).is_none(), "{field}");
         }
-        a.vm_cpu_count = Some(2);
+        a.size.vm_cpu_count = Some(2);
         assert_ne!(configuration(&a).expect("serializes"), base);
     }
 
@@ -503,7 +503,7 @@ mod tests {
 
         // Set-ProvScheme -VMCpuCount 2: version 2.
         let mut v2 = v1.clone();
-        v2.vm_cpu_count = Some(2);
+        v2.size.vm_cpu_count = Some(2);
         let second = decide(
             &history,
             Some(1),
@@ -550,7 +550,7 @@ mod tests {
         let mut specs = vec![];
         for cpu in 1..=3 {
             let mut s = spec();
-            s.vm_cpu_count = Some(cpu);
+            s.size.vm_cpu_count = Some(cpu);
             specs.push(s);
         }
         let history: Vec<_> = specs
@@ -559,7 +559,7 @@ mod tests {
             .map(|(i, s)| stored(u32::try_from(i + 1).expect("small"), s))
             .collect();
         let mut next = spec();
-        next.vm_cpu_count = Some(9);
+        next.size.vm_cpu_count = Some(9);
         let referenced = BTreeSet::from([1]);
         let change = decide(
             &history,

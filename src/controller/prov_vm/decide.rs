@@ -21,15 +21,15 @@ use super::super::update_window;
 use super::read::{BuildInputs, Facts, RunningTask};
 use super::{DEFAULT_CPU, DEFAULT_MEMORY_MB};
 use crate::api::{
-    ANNOTATION_CANCEL, ANNOTATION_RETRY, DesiredPowerState, MachineOverrides, PowerState,
-    PreparedImageSpec, ProvScheme, ProvSchemeSpec, ProvVm, ProvVmStatus, ServiceOffering,
-    UpdateStatus, condition_type,
+    ANNOTATION_CANCEL, ANNOTATION_RETRY, DesiredPowerState, MachineOverrides, MachineSize,
+    PowerState, PreparedImageSpec, ProvScheme, ProvSchemeSpec, ProvVm, ProvVmStatus,
+    ServiceOffering, UpdateStatus, condition_type,
 };
 use crate::controller::ControllerError;
 
-/// CPU and memory of a machine.
+/// CPU and memory of a machine, resolved from its layers of [`MachineSize`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct MachineSize {
+pub struct ResolvedSize {
     /// Virtual CPUs.
     pub cpu: u32,
     /// Memory in MiB.
@@ -38,15 +38,13 @@ pub struct MachineSize {
 
 /// Applies one layer (a service offering, then explicit CPU/memory) over `size`.
 fn layer(
-    size: &mut MachineSize,
-    offering: Option<&String>,
-    cpu: Option<i32>,
-    memory: Option<i64>,
+    size: &mut ResolvedSize,
+    settings: &MachineSize,
     field: &str,
     unit: &str,
     offerings: &[ServiceOffering],
 ) -> Result<(), RuleError> {
-    if let Some(path) = offering {
+    if let Some(path) = &settings.service_offering {
         let name = leaf_name(path).unwrap_or_default();
         let found = offerings.iter().find(|o| o.name == name).ok_or_else(|| {
             RuleError::ServiceOfferingPathResolutionFailed {
@@ -58,10 +56,10 @@ fn layer(
         size.cpu = u32::try_from(found.cpu_count).unwrap_or(DEFAULT_CPU);
         size.memory_mb = u64::try_from(found.memory_mb).unwrap_or(DEFAULT_MEMORY_MB);
     }
-    if let Some(cpu) = cpu.and_then(|c| u32::try_from(c).ok()) {
+    if let Some(cpu) = settings.vm_cpu_count.and_then(|c| u32::try_from(c).ok()) {
         size.cpu = cpu;
     }
-    if let Some(memory) = memory.and_then(|m| u64::try_from(m).ok()) {
+    if let Some(memory) = settings.vm_memory_mb.and_then(|m| u64::try_from(m).ok()) {
         size.memory_mb = memory;
     }
     Ok(())
@@ -80,17 +78,15 @@ pub fn machine_size(
     overrides: Option<&MachineOverrides>,
     unit: &str,
     offerings: &[ServiceOffering],
-) -> Result<MachineSize, RuleError> {
-    let mut size = MachineSize {
+) -> Result<ResolvedSize, RuleError> {
+    let mut size = ResolvedSize {
         cpu: DEFAULT_CPU,
         memory_mb: DEFAULT_MEMORY_MB,
     };
     if let Some(p) = prepared {
         layer(
             &mut size,
-            p.service_offering.as_ref(),
-            p.vm_cpu_count,
-            p.vm_memory_mb,
+            &p.size,
             rule_field::PREPARED_SERVICE_OFFERING,
             unit,
             offerings,
@@ -98,9 +94,7 @@ pub fn machine_size(
     }
     layer(
         &mut size,
-        scheme.service_offering.as_ref(),
-        scheme.vm_cpu_count,
-        scheme.vm_memory_mb,
+        &scheme.size,
         rule_field::SERVICE_OFFERING,
         unit,
         offerings,
@@ -108,9 +102,7 @@ pub fn machine_size(
     if let Some(o) = overrides {
         layer(
             &mut size,
-            o.service_offering.as_ref(),
-            o.vm_cpu_count,
-            o.vm_memory_mb,
+            &o.size,
             "spec.overrides.serviceOffering",
             unit,
             offerings,
@@ -797,41 +789,45 @@ mod tests {
         let base = machine_size(&scheme, None, None, "lab", &offerings()).expect("sized");
         assert_eq!(
             base,
-            MachineSize {
+            ResolvedSize {
                 cpu: 2,
                 memory_mb: DEFAULT_MEMORY_MB
             }
         );
         let cpu = MachineOverrides {
-            vm_cpu_count: Some(8),
-            vm_memory_mb: None,
-            service_offering: None,
+            size: MachineSize {
+                vm_cpu_count: Some(8),
+                ..MachineSize::default()
+            },
         };
         let sized = machine_size(&scheme, None, Some(&cpu), "lab", &offerings()).expect("sized");
         assert_eq!(
             sized,
-            MachineSize {
+            ResolvedSize {
                 cpu: 8,
                 memory_mb: DEFAULT_MEMORY_MB
             }
         );
         let offering = MachineOverrides {
-            vm_cpu_count: None,
-            vm_memory_mb: None,
-            service_offering: Some("XDHyp:\\HostingUnits\\lab\\small.serviceoffering".into()),
+            size: MachineSize {
+                service_offering: Some("XDHyp:\\HostingUnits\\lab\\small.serviceoffering".into()),
+                ..MachineSize::default()
+            },
         };
         let sized =
             machine_size(&scheme, None, Some(&offering), "lab", &offerings()).expect("sized");
         assert_eq!(
             sized,
-            MachineSize {
+            ResolvedSize {
                 cpu: 4,
                 memory_mb: 8192
             }
         );
         let missing = MachineOverrides {
-            service_offering: Some("XDHyp:\\HostingUnits\\lab\\huge.serviceoffering".into()),
-            ..offering
+            size: MachineSize {
+                service_offering: Some("XDHyp:\\HostingUnits\\lab\\huge.serviceoffering".into()),
+                ..MachineSize::default()
+            },
         };
         let error =
             machine_size(&scheme, None, Some(&missing), "lab", &offerings()).expect_err("unknown");

@@ -42,7 +42,7 @@ use super::{Context, ControllerError};
 use crate::api::{ProvScheme, ProvVm};
 
 pub use decide::{
-    MachineSize, StartAction, machine_size, nics, provenance_problem, start_action, update_status,
+    ResolvedSize, StartAction, machine_size, nics, provenance_problem, start_action, update_status,
     write_back_cache,
 };
 
