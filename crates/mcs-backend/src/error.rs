@@ -290,7 +290,15 @@ impl BackendError {
             err.kind(),
             ErrorKind::ReadOnlyFilesystem | ErrorKind::PermissionDenied
         );
-        if not_writable {
+        if matches!(
+            err.kind(),
+            ErrorKind::StorageFull | ErrorKind::QuotaExceeded
+        ) {
+            Self::InsufficientResources {
+                path: path.to_path_buf(),
+                detail: err.to_string(),
+            }
+        } else if not_writable {
             Self::StorageNotWritable {
                 path: path.to_path_buf(),
                 detail: err.to_string(),

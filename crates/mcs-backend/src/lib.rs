@@ -24,7 +24,7 @@
 //! <root>/prepared/<image-id>.qcow2          a prepared (consolidated) image
 //! <root>/prepared/<image-id>.done.json      its completion record (DoneRecord), written last
 //! <root>/machines/<scheme>/<machine>/disk.qcow2     overlay backed by the prepared image
-//! <root>/machines/<scheme>/<machine>/identity.img   FAT identity disk (identity.json, hostname)
+//! <root>/machines/<scheme>/<machine>/identity.img   raw FAT12 identity floppy (identity.json, hostname)
 //! <root>/machines/<scheme>/<machine>/cache.qcow2    write-back cache disk (when asked for)
 //! <root>/machines/<scheme>/<machine>/machine.json   machine definition (MachineDefinition)
 //! <root>/profiles/<name>.json               machine profiles
@@ -48,12 +48,16 @@
 //!   measure` against free space (`InsufficientResources`), `qemu-img convert -p -t none -l
 //!   snapshot.name=...` (write-back plus fsync where O_DIRECT is refused, e.g. tmpfs), then per
 //!   extra storage a copy verified with `qemu-img compare`.
+//! - A machine costs no `qemu-img` process once its prepared image has one machine: overlays
+//!   and empty cache disks are copies of the bytes `qemu-img` wrote the first time, and the
+//!   identity floppy is built in memory ([`disk_files`]).
 //! - At most `max_parallel` qemu-img processes run at once (default: the number of cores), each
 //!   under a timeout and killed when its operation is canceled.
 
 #![warn(missing_docs)]
 
 pub mod api;
+pub mod disk_files;
 pub mod error;
 pub mod local;
 pub mod paths;

@@ -18,6 +18,7 @@ use crate::api::{
     OperationStatus, Output, PrepareRequest, PreparedCopy, PreparedImage, ServiceOffering,
     ServiceOfferingInfo, StorageInfo, WriteBackCache,
 };
+use crate::disk_files::{self, QcowTemplates, TemplateKey};
 use crate::error::BackendError;
 use crate::paths::{
     self, PartialGuard, canonical_root, confine_existing, ensure_dir, existing_dir, file_in,
@@ -35,13 +36,16 @@ pub const MACHINES_DIR: &str = "machines";
 pub const PROFILES_DIR: &str = "profiles";
 /// A machine's overlay disk.
 pub const DISK_FILE: &str = "disk.qcow2";
-/// A machine's identity disk.
+/// A machine's identity disk: a raw FAT12 floppy image with `identity.json` and `hostname`.
 pub const IDENTITY_FILE: &str = "identity.img";
+/// The volume label of identity disks.
+pub const IDENTITY_LABEL: &str = "MCSIDENTITY";
 /// A machine's write-back cache disk.
 pub const CACHE_FILE: &str = "cache.qcow2";
 /// A machine's definition.
 pub const DEFINITION_FILE: &str = "machine.json";
-/// The name of the identity staging directory inside a machine's directory (a partial).
+/// The identity staging directory that earlier versions built identity disks from; its stale
+/// partials are still removed.
 const IDENTITY_STAGING: &str = "identity.d";
 
 /// One named storage root of a `Local` connection.
@@ -175,6 +179,7 @@ pub struct Identity {
 struct Inner {
     config: LocalConfig,
     qemu: QemuImg,
+    templates: QcowTemplates,
 }
 
 /// The `Local` backend. Cheap to clone; clones share operations.
@@ -207,7 +212,11 @@ impl LocalBackend {
         let qemu = QemuImg::new(config.qemu_img.clone(), parallel, config.qemu_timeout)
             .with_copy_rate_limit(config.copy_rate_limit);
         Ok(Self {
-            inner: Arc::new(Inner { config, qemu }),
+            inner: Arc::new(Inner {
+                config,
+                qemu,
+                templates: QcowTemplates::default(),
+            }),
             runner: Runner::default(),
         })
     }
@@ -860,9 +869,33 @@ impl Inner {
         let roots = self.all_roots();
         recheck_confined(&roots, dir, Some(&disk))?;
         let guard = PartialGuard::new(partial_for(&disk));
-        self.qemu.create_overlay(backing, guard.path()).await?;
+        let key = TemplateKey::overlay(backing)?;
+        if !self.copy_template(&key, guard.path()).await? {
+            self.qemu.create_overlay(backing, guard.path()).await?;
+            self.templates.learn(key, guard.path())?;
+        }
         recheck_confined(&roots, dir, Some(&disk))?;
         blocking(move || paths::commit(guard, &disk)).await
+    }
+
+    /// Writes the kept template of `key` to `dst`; false when none is kept yet.
+    async fn copy_template(&self, key: &TemplateKey, dst: &Path) -> Result<bool, BackendError> {
+        let Some(bytes) = self.templates.get(key) else {
+            return Ok(false);
+        };
+        let dst = dst.to_path_buf();
+        blocking(move || disk_files::write_sparse(&dst, &bytes)).await?;
+        Ok(true)
+    }
+
+    /// An empty qcow2 disk of `size_bytes` at `dst` (by `qemu-img` the first time per size).
+    async fn create_empty(&self, dst: &Path, size_bytes: u64) -> Result<(), BackendError> {
+        let key = TemplateKey::Empty { size_bytes };
+        if !self.copy_template(&key, dst).await? {
+            self.qemu.create_empty(dst, size_bytes).await?;
+            self.templates.learn(key, dst)?;
+        }
+        Ok(())
     }
 
     async fn overlay_backing(&self, disk: &Path) -> Option<PathBuf> {
@@ -892,19 +925,19 @@ impl Inner {
             scheme: def.scheme.clone(),
         };
         recheck_confined(&self.all_roots(), dir, None)?;
-        let staging = PartialGuard::new(partial_for(&dir.join(IDENTITY_STAGING)));
-        let file = staging.path().join("identity.json");
-        fs::create_dir(staging.path()).map_err(|e| BackendError::io(staging.path(), &e))?;
-        fs::write(&file, to_json(&identity, &file)?).map_err(|e| BackendError::io(&file, &e))?;
-        let host = staging.path().join("hostname");
-        fs::write(&host, format!("{}\n", identity.hostname))
-            .map_err(|e| BackendError::io(&host, &e))?;
         let target = dir.join(IDENTITY_FILE);
+        let json = to_json(&identity, &target)?;
+        let host = format!("{}\n", identity.hostname);
+        let image = disk_files::fat_floppy(
+            IDENTITY_LABEL,
+            &[("identity.json", &json), ("hostname", host.as_bytes())],
+        )
+        .map_err(|e| BackendError::Io {
+            path: target.clone(),
+            detail: format!("cannot build the FAT identity image: {e}"),
+        })?;
         let guard = PartialGuard::new(partial_for(&target));
-        self.qemu
-            .fat_image(staging.path(), "MCSIDENTITY", guard.path())
-            .await?;
-        drop(staging);
+        disk_files::write_sparse(guard.path(), &image)?;
         blocking(move || paths::commit(guard, &target)).await
     }
 
@@ -960,15 +993,18 @@ impl Inner {
             remove_stale_partials(&dir.join(f))?;
         }
         let wbc_disk = r.write_back_cache.filter(|w| w.disk_mb > 0);
-        let disk = |role: &str, file: &str| DiskDefinition {
+        let disk = |role: &str, file: &str, format: &str| DiskDefinition {
             role: role.into(),
             path: dir.join(file),
-            format: "qcow2".into(),
+            format: format.into(),
             cache: "writeback".into(),
         };
-        let mut disks = vec![disk("system", DISK_FILE), disk("identity", IDENTITY_FILE)];
+        let mut disks = vec![
+            disk("system", DISK_FILE, "qcow2"),
+            disk("identity", IDENTITY_FILE, "raw"),
+        ];
         if wbc_disk.is_some() {
-            disks.push(disk("cache", CACHE_FILE));
+            disks.push(disk("cache", CACHE_FILE, "qcow2"));
         }
         let def = MachineDefinition {
             name: r.machine_name.clone(),
@@ -1017,8 +1053,7 @@ impl Inner {
         match wbc_disk {
             Some(w) if !exists(&cache_path) => {
                 let guard = PartialGuard::new(partial_for(&cache_path));
-                self.qemu
-                    .create_empty(guard.path(), w.disk_mb.saturating_mul(1 << 20))
+                self.create_empty(guard.path(), w.disk_mb.saturating_mul(1 << 20))
                     .await?;
                 let c = cache_path.clone();
                 blocking(move || paths::commit(guard, &c)).await?;
@@ -1077,8 +1112,7 @@ impl Inner {
         if let Some(w) = def.write_back_cache.filter(|w| w.disk_mb > 0) {
             let cache_path = dir.join(CACHE_FILE);
             let guard = PartialGuard::new(partial_for(&cache_path));
-            self.qemu
-                .create_empty(guard.path(), w.disk_mb.saturating_mul(1 << 20))
+            self.create_empty(guard.path(), w.disk_mb.saturating_mul(1 << 20))
                 .await?;
             blocking(move || paths::commit(guard, &cache_path)).await?;
         }

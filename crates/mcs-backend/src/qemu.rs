@@ -434,26 +434,6 @@ impl QemuImg {
             Err(Self::failed("create", dst, &out))
         }
     }
-
-    /// Builds a FAT floppy image (qcow2) holding the files of `dir`, via the `vvfat` driver
-    /// (no root, no mount). `label` is at most 11 characters.
-    pub async fn fat_image(&self, dir: &Path, label: &str, dst: &Path) -> Result<(), BackendError> {
-        let dir_s = dir.to_string_lossy().replace(',', ",,");
-        let opts = format!("driver=vvfat,dir={dir_s},floppy=on,label={label}");
-        let args: Vec<OsString> = vec![
-            "--image-opts".into(),
-            opts.into(),
-            "-O".into(),
-            "qcow2".into(),
-            dst.into(),
-        ];
-        let out = self.run("convert", dst, args, None).await?;
-        if out.success() {
-            Ok(())
-        } else {
-            Err(Self::failed("convert", dst, &out))
-        }
-    }
 }
 
 /// A qemu-img failure before classification: either the runner failed (timeout, spawn) or
