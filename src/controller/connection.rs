@@ -20,7 +20,7 @@ use mcs_domain::rules::{NamedDirectory, check_distinct_directories};
 use super::conditions::{DesiredCondition, merge};
 use super::events;
 use super::status::report;
-use super::{Context, ControllerError, requeue_after_error};
+use super::{Context, ControllerError};
 use crate::api::{
     ConnectionState, ConnectionType, HypervisorConnection, HypervisorConnectionSpec,
     HypervisorConnectionStatus, condition_type,
@@ -281,14 +281,6 @@ async fn reconcile(
     }))
 }
 
-fn error_policy(
-    _connection: Arc<HypervisorConnection>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    requeue_after_error(CONTROLLER, error)
-}
-
 /// Runs the HypervisorConnection controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let connections = &context.stores.connections;
@@ -298,9 +290,11 @@ pub async fn run(context: Arc<Context>) {
     if !context.stores.ready().await {
         return;
     }
-    let results = connections
-        .controller()
-        .run(reconcile, error_policy, context.clone());
+    let results = connections.controller().run(
+        reconcile,
+        super::error_policy(CONTROLLER, Duration::from_secs(5)),
+        context.clone(),
+    );
     super::drain(CONTROLLER, results).await;
 }
 

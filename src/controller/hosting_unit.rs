@@ -19,7 +19,7 @@ use super::conditions::{DesiredCondition, merge};
 use super::events;
 use super::status::report;
 use super::tasks::run_once;
-use super::{Context, ControllerError, requeue_after_error};
+use super::{Context, ControllerError};
 use crate::api::{
     HostingUnit, HostingUnitInventory, HostingUnitSpec, HostingUnitStatus, HypervisorConnection,
     StorageInventory, condition_type,
@@ -253,14 +253,6 @@ async fn reconcile(
     }))
 }
 
-fn error_policy(
-    _unit: Arc<HostingUnit>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    requeue_after_error(CONTROLLER, error)
-}
-
 /// Runs the HostingUnit controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let stores = &context.stores;
@@ -286,7 +278,11 @@ pub async fn run(context: Arc<Context>) {
                     .map(|unit| ObjectRef::from_obj(unit.as_ref()))
             },
         )
-        .run(reconcile, error_policy, context.clone());
+        .run(
+            reconcile,
+            super::error_policy(CONTROLLER, Duration::from_secs(5)),
+            context.clone(),
+        );
     super::drain(CONTROLLER, results).await;
 }
 

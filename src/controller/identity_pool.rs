@@ -15,7 +15,7 @@ use mcs_domain::naming::{NamingError, NamingScheme};
 use super::conditions::{DesiredCondition, merge};
 use super::events;
 use super::status::report;
-use super::{Context, ControllerError, requeue_after_error};
+use super::{Context, ControllerError};
 use crate::api::{
     IdentityPool, IdentityPoolSpec, IdentityPoolStatus, ProvScheme, ProvVm, condition_type,
 };
@@ -174,14 +174,6 @@ async fn reconcile(
     Ok(Action::requeue(context.config.resync))
 }
 
-fn error_policy(
-    _pool: Arc<IdentityPool>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    requeue_after_error(CONTROLLER, error)
-}
-
 /// Runs the IdentityPool controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let stores = &context.stores;
@@ -213,7 +205,11 @@ pub async fn run(context: Arc<Context>) {
                 .filter(move |pool| pool.namespace() == namespace)
                 .map(|pool| ObjectRef::from_obj(pool.as_ref()))
         })
-        .run(reconcile, error_policy, context.clone());
+        .run(
+            reconcile,
+            super::error_policy(CONTROLLER, std::time::Duration::from_secs(5)),
+            context.clone(),
+        );
     super::drain(CONTROLLER, results).await;
 }
 

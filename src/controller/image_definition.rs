@@ -22,7 +22,7 @@ use super::image_version::{ANNOTATION_LAST_VERSION, Counter};
 use super::image_version_spec::{schemes_and_machines, users_of_specs};
 use super::status::{apply_status, field_manager, report};
 use super::tasks::report_blocked_deletion;
-use super::{Context, ControllerError, requeue_after_error};
+use super::{Context, ControllerError};
 use crate::api::{
     ImageDefinition, ImageDefinitionSpec, ImageDefinitionStatus, ImageVersion, ImageVersionSpec,
     condition_type,
@@ -286,14 +286,6 @@ async fn cleanup(
     Err(error)
 }
 
-fn error_policy(
-    _definition: Arc<ImageDefinition>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    requeue_after_error(CONTROLLER, error)
-}
-
 /// Runs the ImageDefinition controller until the stream ends.
 pub async fn run(context: Arc<Context>) {
     let stores = &context.stores;
@@ -311,7 +303,11 @@ pub async fn run(context: Arc<Context>) {
                 ObjectRef::<ImageDefinition>::new(&version.spec.image_definition_ref).within(&ns)
             })
         })
-        .run(reconcile, error_policy, context.clone());
+        .run(
+            reconcile,
+            super::error_policy(CONTROLLER, Duration::from_secs(5)),
+            context.clone(),
+        );
     super::drain(CONTROLLER, results).await;
 }
 

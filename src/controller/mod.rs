@@ -121,19 +121,28 @@ impl Context {
     }
 }
 
-/// The shared error policy: a deletion waiting for its users is retried soon and logged at
-/// info level; any other failure is logged as a warning with its reason and retried later.
-pub fn requeue_after_error(
+/// The error policy of the controller named `controller`: a deletion that waits for users of
+/// what it deletes is logged at info and retried in 3 s; any other error is counted in the
+/// `reconcile_errors` metric by its reason, logged with the object's name, and retried after
+/// `retry`.
+pub fn error_policy<K, C>(
     controller: &'static str,
-    error: &ControllerError,
-) -> kube::runtime::controller::Action {
-    if matches!(error, ControllerError::InUse { .. }) {
-        tracing::info!(controller, %error, "deletion waits");
-        return kube::runtime::controller::Action::requeue(Duration::from_secs(3));
+    retry: Duration,
+) -> impl Fn(Arc<K>, &ControllerError, Arc<C>) -> kube::runtime::controller::Action
+where
+    K: kube::Resource,
+{
+    move |object, error, _context| {
+        let name = kube::ResourceExt::name_any(object.as_ref());
+        if matches!(error, ControllerError::InUse { .. }) {
+            tracing::info!(controller, %name, %error, "deletion waits");
+            return kube::runtime::controller::Action::requeue(Duration::from_secs(3));
+        }
+        let reason = mcs_domain::Reason::reason(error);
+        crate::metrics::global().reconcile_error(controller, reason);
+        tracing::warn!(controller, %name, reason, %error, "reconcile failed");
+        kube::runtime::controller::Action::requeue(retry)
     }
-    crate::metrics::global().reconcile_error(controller, mcs_domain::Reason::reason(error));
-    tracing::warn!(controller, reason = mcs_domain::Reason::reason(error), %error, "reconcile failed");
-    kube::runtime::controller::Action::requeue(Duration::from_secs(5))
 }
 
 /// The watcher settings every controller uses.

@@ -34,7 +34,7 @@ use super::events::publish_event;
 use super::image_version_spec::read::refs_where;
 use super::status::{apply_status, field_manager};
 use super::tasks::report_blocked_deletion;
-use super::{Context, ControllerError, requeue_after_error};
+use super::{Context, ControllerError};
 use crate::api::{ImageDefinition, ImageVersion, ImageVersionSpec, ImageVersionStatus, ProvScheme};
 
 const CONTROLLER: &str = "imageversion";
@@ -115,14 +115,6 @@ async fn cleanup(version: &ImageVersion, context: &Context) -> Result<Action, Co
     Err(error)
 }
 
-fn error_policy(
-    _version: Arc<ImageVersion>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    requeue_after_error(CONTROLLER, error)
-}
-
 /// Runs the ImageVersion controller until the stream ends, on the shared caches: its own
 /// versions, and the specs (of a version), provisioning schemes (those that can change a
 /// count, [`changes_scheme_count`]) and image definitions (of versions without a number) that
@@ -166,6 +158,10 @@ pub async fn run(context: Arc<Context>) {
                 )
             },
         )
-        .run(reconcile, error_policy, context.clone());
+        .run(
+            reconcile,
+            super::error_policy(CONTROLLER, std::time::Duration::from_secs(5)),
+            context.clone(),
+        );
     super::drain(CONTROLLER, results).await;
 }

@@ -39,7 +39,7 @@ pub use decide::{
 };
 pub use read::{confirmed_users, schemes_and_machines, users};
 
-use super::{Context, ControllerError, requeue_after_error};
+use super::{Context, ControllerError};
 use crate::api::{
     HostingUnit, ImageVersion, ImageVersionSpec, MasterImageSpec, PreparedImageSpec, ProvScheme,
 };
@@ -143,14 +143,6 @@ async fn cleanup(spec: &ImageVersionSpec, context: &Context) -> Result<Action, C
     Ok(Action::await_change())
 }
 
-fn error_policy(
-    _spec: Arc<ImageVersionSpec>,
-    error: &ControllerError,
-    _context: Arc<Context>,
-) -> Action {
-    requeue_after_error(CONTROLLER, error)
-}
-
 /// Runs the ImageVersionSpec controller until the stream ends, on the shared caches: its own
 /// specs, and the provisioning schemes (a new, changed or deleted scheme changes the count of
 /// its spec), hosting units (of master specs) and image versions that trigger specs.
@@ -193,6 +185,10 @@ pub async fn run(context: Arc<Context>) {
                 })
             },
         )
-        .run(reconcile, error_policy, context.clone());
+        .run(
+            reconcile,
+            super::error_policy(CONTROLLER, std::time::Duration::from_secs(5)),
+            context.clone(),
+        );
     super::drain(CONTROLLER, results).await;
 }

@@ -29,7 +29,6 @@ use kube::ResourceExt;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::events::Event;
 use kube::runtime::reflector::{ObjectRef, Store};
-use mcs_domain::Reason as _;
 
 use super::conditions::DesiredCondition;
 use super::{Context, ControllerError};
@@ -173,15 +172,6 @@ async fn scale(
     Ok(out)
 }
 
-fn error_policy(
-    scheme: Arc<ProvScheme>,
-    error: &ControllerError,
-    _context: Arc<SchemeContext>,
-) -> Action {
-    tracing::warn!(controller = CONTROLLER, scheme = %scheme.name_any(), reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
-}
-
 /// The schemes of `namespace` for which `refers` holds.
 fn schemes_referring(
     schemes: &Store<ProvScheme>,
@@ -236,5 +226,13 @@ pub async fn run(context: Arc<Context>) {
         context: context.clone(),
         expectations: expectations::Expectations::default(),
     });
-    super::drain(CONTROLLER, controller.run(reconcile, error_policy, shared)).await;
+    super::drain(
+        CONTROLLER,
+        controller.run(
+            reconcile,
+            super::error_policy(CONTROLLER, Duration::from_secs(2)),
+            shared,
+        ),
+    )
+    .await;
 }

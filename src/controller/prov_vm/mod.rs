@@ -36,7 +36,6 @@ use jiff::Timestamp;
 use kube::runtime::controller::{self, Action, Controller};
 use kube::runtime::reflector::ObjectRef;
 use kube::{Resource, ResourceExt};
-use mcs_domain::Reason;
 
 use super::{Context, ControllerError};
 use crate::api::{ProvScheme, ProvVm};
@@ -103,11 +102,6 @@ async fn reconcile(machine: Arc<ProvVm>, ctx: Arc<VmContext>) -> Result<Action, 
     let requeue = report::report(&ctx, &machine, &facts, &plan).await?;
     apply::settle(&ctx, &facts, &plan).await;
     Ok(Action::requeue(requeue.unwrap_or(ctx.base.config.resync)))
-}
-
-fn error_policy(machine: Arc<ProvVm>, error: &ControllerError, _ctx: Arc<VmContext>) -> Action {
-    tracing::warn!(controller = CONTROLLER, machine = %machine.name_any(), reason = error.reason(), %error, "reconcile failed");
-    Action::requeue(Duration::from_secs(2))
 }
 
 /// What machines act on of a scheme: its current version and its generation.
@@ -188,7 +182,11 @@ pub async fn run(context: Arc<Context>) {
             )
             .map(|(namespace, name)| ObjectRef::new(&name).within(&namespace)),
         )
-        .run(reconcile, error_policy, ctx)
+        .run(
+            reconcile,
+            super::error_policy(CONTROLLER, Duration::from_secs(2)),
+            ctx,
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 super::log_run_error(CONTROLLER, &error);
