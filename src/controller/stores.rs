@@ -40,6 +40,7 @@ where
     K: Resource<DynamicType = ()> + Clone + 'static,
 {
     kind: &'static str,
+    client: Client,
     store: Store<K>,
     subscribers: Arc<Mutex<Vec<UnboundedSender<Arc<K>>>>>,
     drive: Mutex<Option<BoxFuture<'static, ()>>>,
@@ -57,6 +58,7 @@ where
 {
     fn new(kind: &'static str, api: Api<K>, config: watcher::Config) -> Self {
         let (store, writer) = reflector::store();
+        let client = api.clone().into_client();
         let subscribers: Arc<Mutex<Vec<UnboundedSender<Arc<K>>>>> = Arc::default();
         let fan_out = subscribers.clone();
         let drive = watcher(api, config)
@@ -73,6 +75,7 @@ where
             .boxed();
         Self {
             kind,
+            client,
             store,
             subscribers,
             drive: Mutex::new(Some(drive)),
@@ -94,7 +97,6 @@ where
     /// name (the role grants lists of every kind, `get` of only some).
     pub async fn get_or_fetch(
         &self,
-        api: &Api<K>,
         namespace: &str,
         name: &str,
     ) -> Result<Option<Arc<K>>, kube::Error> {
@@ -102,7 +104,7 @@ where
             return Ok(Some(cached));
         }
         let by_name = kube::api::ListParams::default().fields(&format!("metadata.name={name}"));
-        Ok(api
+        Ok(Api::<K>::namespaced(self.client.clone(), namespace)
             .list(&by_name)
             .await?
             .items

@@ -10,20 +10,18 @@ use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::Arc;
 
-use k8s_openapi::NamespaceResourceScope;
 use kube::api::ListParams;
 use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Api, Resource, ResourceExt};
+use kube::{Resource, ResourceExt};
 use mcs_backend::Backend;
 use mcs_domain::task::TaskState;
-use serde::de::DeserializeOwned;
 
 use super::decide::{SpecFailure, schemes_using, users_of_specs};
 use crate::api::{
-    HostingUnit, HypervisorConnection, ImageDefinition, ImageVersion, ImageVersionSpec,
-    ImageVersionSpecStatus, ProvScheme, ProvVm,
+    HostingUnit, ImageDefinition, ImageVersion, ImageVersionSpec, ImageVersionSpecStatus,
+    ProvScheme, ProvVm,
 };
-use crate::controller::stores::{Shared, Stores};
+use crate::controller::stores::Stores;
 use crate::controller::tasks::JobSnapshot;
 use crate::controller::{Context, ControllerError};
 
@@ -119,22 +117,16 @@ pub async fn resources(
     spec: &ImageVersionSpec,
 ) -> Result<Resources, ControllerError> {
     let stores = &context.stores;
-    let version = cached_or_fresh(
-        &stores.versions,
-        context.api(namespace),
-        namespace,
-        &spec.spec.image_version_ref,
-    )
-    .await?;
+    let version = stores
+        .versions
+        .get_or_fetch(namespace, &spec.spec.image_version_ref)
+        .await?;
     let definition = match &version {
         Some(version) => {
-            cached_or_fresh(
-                &stores.definitions,
-                context.api(namespace),
-                namespace,
-                &version.spec.image_definition_ref,
-            )
-            .await?
+            stores
+                .definitions
+                .get_or_fetch(namespace, &version.spec.image_definition_ref)
+                .await?
         }
         None => None,
     };
@@ -151,13 +143,10 @@ pub async fn resources(
     }
     let (source, specs) = match &spec.spec.prepared {
         Some(prepared) => (
-            cached_or_fresh(
-                &stores.specs,
-                context.api(namespace),
-                namespace,
-                &prepared.source_spec_ref,
-            )
-            .await?,
+            stores
+                .specs
+                .get_or_fetch(namespace, &prepared.source_spec_ref)
+                .await?,
             stores.specs.in_namespace(namespace),
         ),
         None => (None, Vec::new()),
@@ -191,13 +180,7 @@ pub async fn unit(
     namespace: &str,
     name: &str,
 ) -> Result<Option<Arc<HostingUnit>>, ControllerError> {
-    cached_or_fresh(
-        &context.stores.units,
-        context.api(namespace),
-        namespace,
-        name,
-    )
-    .await
+    Ok(context.stores.units.get_or_fetch(namespace, name).await?)
 }
 
 /// The backend of `unit`, or why there is none.
@@ -206,13 +189,11 @@ pub async fn backend_for(
     namespace: &str,
     unit: &HostingUnit,
 ) -> Result<Result<Arc<dyn Backend>, SpecFailure>, ControllerError> {
-    let connection = cached_or_fresh::<HypervisorConnection>(
-        &context.stores.connections,
-        context.api(namespace),
-        namespace,
-        &unit.spec.connection_ref,
-    )
-    .await?;
+    let connection = context
+        .stores
+        .connections
+        .get_or_fetch(namespace, &unit.spec.connection_ref)
+        .await?;
     let Some(connection) = connection else {
         return Ok(Err(SpecFailure::with_reason(
             TaskState::HostingUnitNotFound,
@@ -228,25 +209,6 @@ pub async fn backend_for(
         .backends
         .for_hosting_unit(unit, &connection)
         .map_err(|e| SpecFailure::backend(&e, &format!("hosting unit '{}': ", unit.name_any()))))
-}
-
-/// The object `name` from the cache, or (on a miss) from the API.
-async fn cached_or_fresh<K>(
-    shared: &Shared<K>,
-    api: Api<K>,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<Arc<K>>, ControllerError>
-where
-    K: Resource<DynamicType = (), Scope = NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    Ok(shared.get_or_fetch(&api, namespace, name).await?)
 }
 
 /// Who uses any of `specs` in `namespace`, as the caches see it: provisioning schemes

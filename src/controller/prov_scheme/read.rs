@@ -12,7 +12,7 @@ use super::decide::{self, References};
 use super::expectations::{Creation, Expectations, InFlight, Seen};
 use super::versions::{self, StoredConfiguration};
 use crate::api::{LABEL_PROVSCHEME, ProvScheme, ProvSchemeStatus, ProvVm};
-use crate::controller::stores::{Shared, Stores};
+use crate::controller::stores::Stores;
 use crate::controller::{Context, ControllerError};
 
 /// What one reconcile of a scheme starts from.
@@ -207,56 +207,42 @@ pub async fn confirm_missing(
     let spec = &scheme.spec;
     let stores = &context.stores;
     if refs.hosting_unit.is_none() {
-        refs.hosting_unit =
-            fetch(&stores.units, context, namespace, &spec.hosting_unit_ref).await?;
+        refs.hosting_unit = owned(
+            stores
+                .units
+                .get_or_fetch(namespace, &spec.hosting_unit_ref)
+                .await?,
+        );
     }
     if refs.identity_pool.is_none() {
-        refs.identity_pool =
-            fetch(&stores.pools, context, namespace, &spec.identity_pool_ref).await?;
+        refs.identity_pool = owned(
+            stores
+                .pools
+                .get_or_fetch(namespace, &spec.identity_pool_ref)
+                .await?,
+        );
     }
     if refs.image.is_none() {
-        refs.image = fetch(
-            &stores.specs,
-            context,
-            namespace,
-            &spec.image_version_spec_ref,
-        )
-        .await?;
+        refs.image = owned(
+            stores
+                .specs
+                .get_or_fetch(namespace, &spec.image_version_spec_ref)
+                .await?,
+        );
     }
     if refs.definition.is_none()
         && let Some(image) = &refs.image
-        && let Some(version) = fetch(
-            &stores.versions,
-            context,
-            namespace,
-            &image.spec.image_version_ref,
+        && let Some(version) = owned(
+            stores
+                .versions
+                .get_or_fetch(namespace, &image.spec.image_version_ref)
+                .await?,
         )
-        .await?
     {
         let name = &version.spec.image_definition_ref;
-        refs.definition = fetch(&stores.definitions, context, namespace, name).await?;
+        refs.definition = owned(stores.definitions.get_or_fetch(namespace, name).await?);
     }
     Ok(())
-}
-
-/// `name` from `shared`'s cache or, on a miss, from the API server, as an owned copy.
-async fn fetch<K>(
-    shared: &Shared<K>,
-    context: &Context,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<K>, ControllerError>
-where
-    K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
-    let api = context.api::<K>(namespace);
-    Ok(owned(shared.get_or_fetch(&api, namespace, name).await?))
 }
 
 /// A cached object as an owned copy.
