@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 /// The size of machines: a service offering (which sets both CPU and memory), or explicit
 /// `vmCpuCount` and `vmMemoryMB`. Each containing spec forbids mixing the two with a CEL rule.
 /// A machine's size is resolved in layers: its overrides win over its scheme's settings, which
-/// win over its prepared image spec's; within a layer explicit CPU or memory win over the offering.
+/// win over its prepared image spec's.
 #[derive(JsonSchema, Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct MachineSize {
