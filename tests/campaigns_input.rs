@@ -241,7 +241,7 @@ async fn sweep(
             }
         }
         // Known defects (objects the operator never reports on) are not waited for.
-        let waiting = accepted
+        let waiting: Vec<&&Manifest> = accepted
             .iter()
             .filter(|m| known_defect(m.kind(), &m.field).is_none())
             .filter(|m| {
@@ -249,10 +249,21 @@ async fn sweep(
                     .get(&(m.kind().to_owned(), m.name().to_owned()))
                     .is_none_or(|o| !settled(&o.data, o.metadata.generation))
             })
-            .count();
-        if waiting == 0 || Instant::now() >= deadline {
+            .collect();
+        if waiting.is_empty() || Instant::now() >= deadline {
+            let mut by_kind: BTreeMap<String, usize> = BTreeMap::new();
+            for m in &waiting {
+                let expect = match m.expect {
+                    Expect::Invalid => "invalid",
+                    Expect::Either => "maybe fine",
+                };
+                *by_kind
+                    .entry(format!("{} {} ({expect})", m.kind(), m.class))
+                    .or_default() += 1;
+            }
             eprintln!(
-                "sweep: {waiting} of {} accepted objects not settled",
+                "sweep: {} of {} accepted objects not settled {by_kind:?}",
+                waiting.len(),
                 accepted.len()
             );
             return found;
