@@ -39,6 +39,11 @@ pub const ANNOTATION_RETRY: &str = "mcs.imaging.dev/retry";
 pub const ANNOTATION_CANCEL: &str = "mcs.imaging.dev/cancel";
 /// Label carried by every ControllerRevision of a provisioning scheme: the scheme's name.
 pub const LABEL_PROVSCHEME: &str = "mcs.imaging.dev/provscheme";
+/// Annotation on a ProvVM: the generation of its scheme when the scheme created it. It is the
+/// machine's age for "newest first" scale-down: unlike a creation timestamp (one-second
+/// resolution, and concurrent creates land in any order) it is the same in a life that was
+/// interrupted by a crash and one that was not.
+pub const ANNOTATION_SCHEME_GENERATION: &str = "mcs.imaging.dev/scheme-generation";
 
 /// The schema of a `conditions` list: a list-map keyed by `type`, as Kubernetes API conventions
 /// require, so server-side apply merges conditions one by one.

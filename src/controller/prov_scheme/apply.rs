@@ -23,10 +23,11 @@ use crate::controller::{Context, ControllerError, strict};
 
 /// How many machine creations (or deletions) are sent at once.
 pub const WRITES_IN_FLIGHT: usize = 16;
-/// How many machine creations are sent at once: one, in index order, so that a crash leaves
-/// the lowest indices created and "newest first" picks the same machines to delete as an
-/// uninterrupted run would (creation timestamps are the age of a machine).
-pub const CREATES_IN_FLIGHT: usize = 1;
+/// How many machine creations are sent at once. A crash may leave gaps among the indices of a
+/// batch; the next reconcile fills them, and as a machine's age is the scheme generation it was
+/// created for (not its creation time), a later "newest first" scale-down removes the same
+/// machines as in an uninterrupted life.
+pub const CREATES_IN_FLIGHT: usize = WRITES_IN_FLIGHT;
 /// How many indices are tried for one machine when names collide with another writer.
 const NAME_ATTEMPTS: usize = 20;
 

@@ -22,10 +22,10 @@ use mcs_domain::task::{TaskState, TaskStatus, TaskType};
 use super::versions::{self, StoredConfiguration};
 use super::{DEFAULT_BATCH, IMAGE_HISTORY};
 use crate::api::{
-    ANNOTATION_CANCEL, ANNOTATION_RETRY, DesiredPowerState, HostingUnit, IdentityPool,
-    ImageDefinition, ImageHistoryEntry, ImageStatus, ImageVersionSpec, LABEL_PROVSCHEME,
-    ProvScheme, ProvSchemeSpec, ProvSchemeStatus, ProvVm, ProvVmSpec, SessionSupport, SpecKind,
-    UpdateStatus, condition_type,
+    ANNOTATION_CANCEL, ANNOTATION_RETRY, ANNOTATION_SCHEME_GENERATION, DesiredPowerState,
+    HostingUnit, IdentityPool, ImageDefinition, ImageHistoryEntry, ImageStatus, ImageVersionSpec,
+    LABEL_PROVSCHEME, ProvScheme, ProvSchemeSpec, ProvSchemeStatus, ProvVm, ProvVmSpec,
+    SessionSupport, SpecKind, UpdateStatus, condition_type,
 };
 use crate::controller::conditions::{DesiredCondition, merge};
 use crate::controller::{ControllerError, events, tasks};
@@ -285,8 +285,9 @@ pub struct MachineSlot {
     pub object: String,
     /// Its index in the identity pool.
     pub index: u64,
-    /// When it was created (seconds since the epoch; 0 when unknown).
-    pub created: i64,
+    /// Its age: the scheme generation it was created for ([`ANNOTATION_SCHEME_GENERATION`];
+    /// 0 when not recorded, `i64::MAX` while its create is in flight).
+    pub generation: i64,
     /// Whether its disks are not built yet (its task has not finished).
     pub building: bool,
 }
@@ -304,8 +305,8 @@ pub struct ScalePlan {
 
 /// Plans the machines of a scheme: creates the lowest free indices (at or above `start`, not
 /// in `used`, which holds every index of the identity pool in use by any scheme), at most
-/// `batch` machines building at once; deletes the newest machines first (latest creation, then
-/// highest index).
+/// `batch` machines building at once; deletes the newest machines first (created for the latest
+/// scheme generation, then highest index).
 pub fn plan_scale(
     machines: &[MachineSlot],
     desired: usize,
@@ -317,7 +318,7 @@ pub fn plan_scale(
     let mut plan = ScalePlan::default();
     if machines.len() > desired {
         let mut newest: Vec<&MachineSlot> = machines.iter().collect();
-        newest.sort_by_key(|m| std::cmp::Reverse((m.created, m.index)));
+        newest.sort_by_key(|m| std::cmp::Reverse((m.generation, m.index)));
         plan.delete = newest
             .into_iter()
             .take(machines.len() - desired)
@@ -462,7 +463,8 @@ fn count(machines: &[&ProvVm], predicate: impl Fn(&ProvVm) -> bool) -> i32 {
 }
 
 /// The ProvVM object for machine `index` of `scheme`: named from the identity pool, labelled
-/// with the scheme, owned by it, with the disk finalizer already set.
+/// with the scheme, annotated with its generation (the machine's age), owned by it, with the
+/// disk finalizer already set.
 pub fn new_machine(
     scheme: &ProvScheme,
     naming: &NamingScheme,
@@ -491,6 +493,10 @@ pub fn new_machine(
         labels: Some(BTreeMap::from([(
             LABEL_PROVSCHEME.to_owned(),
             scheme.name_any(),
+        )])),
+        annotations: Some(BTreeMap::from([(
+            ANNOTATION_SCHEME_GENERATION.to_owned(),
+            scheme.metadata.generation.unwrap_or(0).to_string(),
         )])),
         owner_references: Some(vec![owner]),
         finalizers: Some(vec![crate::controller::prov_vm::FINALIZER.to_owned()]),
@@ -777,17 +783,17 @@ pub fn slots(
         .map(|m| MachineSlot {
             object: m.name_any(),
             index: u64::try_from(m.spec.machine_index).unwrap_or(0),
-            created: m
-                .metadata
-                .creation_timestamp
-                .as_ref()
-                .map_or(0, |t| t.0.as_second()),
+            generation: m
+                .annotations()
+                .get(ANNOTATION_SCHEME_GENERATION)
+                .and_then(|g| g.parse().ok())
+                .unwrap_or(0),
             building: !crate::controller::prov_vm::is_built(m),
         })
         .chain(in_flight.into_iter().map(|(object, index)| MachineSlot {
             object,
             index,
-            created: i64::MAX,
+            generation: i64::MAX,
             building: true,
         }))
         .collect()
@@ -1276,11 +1282,11 @@ mod tests {
         );
     }
 
-    fn slot(object: &str, index: u64, created: i64, building: bool) -> MachineSlot {
+    fn slot(object: &str, index: u64, generation: i64, building: bool) -> MachineSlot {
         MachineSlot {
             object: object.into(),
             index,
-            created,
+            generation,
             building,
         }
     }
@@ -1300,6 +1306,42 @@ mod tests {
         let plan = plan_scale(&[], 5, &BTreeSet::new(), 998, 1000, 100);
         assert_eq!(plan.create, [998, 999]);
         assert!(plan.exhausted);
+    }
+
+    #[test]
+    fn a_new_machine_records_the_scheme_generation_as_its_age() {
+        let mut scheme = scheme_with_uid(spec());
+        scheme.metadata.generation = Some(7);
+        let naming = NamingScheme::parse("VDI-###", mcs_domain::naming::NamingSchemeType::Numeric)
+            .expect("naming");
+        let machine = new_machine(&scheme, &naming, 12).expect("machine");
+        assert_eq!(machine.spec.machine_name, "VDI-012");
+        assert_eq!(
+            machine.annotations().get(ANNOTATION_SCHEME_GENERATION),
+            Some(&"7".to_owned())
+        );
+        assert_eq!(
+            machine.labels().get(LABEL_PROVSCHEME),
+            Some(&"s".to_owned())
+        );
+        let slot = &slots(&[&machine], []).into_iter().next().expect("slot");
+        assert_eq!((slot.index, slot.generation), (12, 7));
+    }
+
+    #[test]
+    fn scale_down_does_not_depend_on_the_order_machines_were_created_in() {
+        // A crash left VDI-003 uncreated; it was created last, after a restart, for the same
+        // scheme generation: the machines removed are those of an uninterrupted life.
+        let uninterrupted: Vec<MachineSlot> = (1..=6)
+            .map(|i| slot(&format!("vdi-00{i}"), i, 7, false))
+            .collect();
+        let mut gap_filled_last = uninterrupted.clone();
+        let gap = gap_filled_last.remove(2);
+        gap_filled_last.push(gap);
+        let a = plan_scale(&uninterrupted, 2, &BTreeSet::new(), 1, 1000, 100);
+        let b = plan_scale(&gap_filled_last, 2, &BTreeSet::new(), 1, 1000, 100);
+        assert_eq!(a.delete, ["vdi-006", "vdi-005", "vdi-004", "vdi-003"]);
+        assert_eq!(a, b);
     }
 
     #[test]
