@@ -52,21 +52,7 @@ pub fn decide(
 
 /// Read: the indices the machines of the pool's schemes hold, from the shared caches.
 fn read(pool: &IdentityPool, namespace: &str, context: &Context) -> BTreeSet<u64> {
-    let stores = &context.stores;
-    let users: BTreeSet<String> = stores
-        .schemes
-        .in_namespace(namespace)
-        .iter()
-        .filter(|s| s.spec.identity_pool_ref == pool.name_any())
-        .map(|s| s.name_any())
-        .collect();
-    stores
-        .machines
-        .in_namespace(namespace)
-        .iter()
-        .filter(|m| users.contains(&m.spec.prov_scheme_ref))
-        .filter_map(|m| u64::try_from(m.spec.machine_index).ok())
-        .collect()
+    context.stores.pool_indices(namespace, &pool.name_any())
 }
 
 /// Decide (pure): the status the pool should have, and the Warning Event to publish when the

@@ -12,6 +12,7 @@
 //! watches run while [`Stores::run`] is polled; [`super::run_with`] and
 //! [`super::run_controllers`] poll it beside the controllers.
 
+use std::collections::BTreeSet;
 use std::fmt::Debug;
 use std::sync::{Arc, Mutex, PoisonError};
 
@@ -244,6 +245,24 @@ impl Stores {
             specs: Shared::new("ImageVersionSpec", api(client, namespace), config()),
             pools: Shared::new("IdentityPool", api(client, namespace), config()),
         }
+    }
+
+    /// The indices of identity pool `pool` that cached machines hold: those of every scheme
+    /// of `namespace` drawing names from it.
+    pub fn pool_indices(&self, namespace: &str, pool: &str) -> BTreeSet<u64> {
+        let users: BTreeSet<String> = self
+            .schemes
+            .in_namespace(namespace)
+            .iter()
+            .filter(|s| s.spec.identity_pool_ref == pool)
+            .map(|s| s.name_any())
+            .collect();
+        self.machines
+            .in_namespace(namespace)
+            .iter()
+            .filter(|m| users.contains(&m.spec.prov_scheme_ref))
+            .filter_map(|m| u64::try_from(m.spec.machine_index).ok())
+            .collect()
     }
 
     /// Runs every watch; the first call drives them until dropped, later calls return at once.

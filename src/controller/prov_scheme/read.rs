@@ -156,21 +156,9 @@ fn pool_indices(
     pool: &str,
     in_flight: &InFlight,
 ) -> BTreeSet<u64> {
-    let users: BTreeSet<String> = stores
-        .schemes
-        .in_namespace(namespace)
-        .iter()
-        .filter(|s| s.spec.identity_pool_ref == pool)
-        .map(|s| s.name_any())
-        .collect();
-    stores
-        .machines
-        .in_namespace(namespace)
-        .iter()
-        .filter(|m| users.contains(&m.spec.prov_scheme_ref))
-        .filter_map(|m| u64::try_from(m.spec.machine_index).ok())
-        .chain(in_flight.reserved.iter().copied())
-        .collect()
+    let mut indices = stores.pool_indices(namespace, pool);
+    indices.extend(in_flight.reserved.iter().copied());
+    indices
 }
 
 /// The objects `scheme` refers to, from the caches.
