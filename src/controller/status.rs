@@ -98,3 +98,20 @@ fn ended_task<K: Serialize>(obj: &K, status: &serde_json::Value) -> Option<TaskS
     let already_ended = previous.is_some_and(|p| p.task_id == task.task_id && p.is_terminal());
     (!already_ended).then_some(task)
 }
+
+/// Whether `new` says more than `old` than its task's clock moving on (see
+/// [`TaskStatus::without_clock`]): a status that only ticked is not worth a write.
+pub fn differs_beyond_clock<S: Clone + PartialEq>(
+    old: &S,
+    new: &S,
+    task: fn(&mut S) -> Option<&mut TaskStatus>,
+) -> bool {
+    let quiet = |status: &S| {
+        let mut copy = status.clone();
+        if let Some(t) = task(&mut copy) {
+            *t = t.without_clock();
+        }
+        copy
+    };
+    quiet(old) != quiet(new)
+}

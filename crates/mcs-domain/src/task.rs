@@ -491,6 +491,18 @@ fn floor_secs(t: Timestamp, origin: Timestamp) -> i64 {
 }
 
 impl TaskStatus {
+    /// The task with what only moves with the clock (`lastUpdateTime`, the active elapsed time,
+    /// the expected completion) set to fixed values: two tasks that differ only by ticking are
+    /// equal after it.
+    pub fn without_clock(&self) -> TaskStatus {
+        TaskStatus {
+            last_update_time: self.date_started,
+            active_elapsed_time: 0,
+            task_expected_completion: None,
+            ..self.clone()
+        }
+    }
+
     /// Starts a task: `Processing`, active, progress 0, workflow `Running`, operation
     /// `ValidatingInputs`.
     pub fn start(task_type: TaskType, task_id: String, now: Timestamp) -> TaskStatus {
@@ -713,6 +725,24 @@ mod tests {
         TaskType::NewProvVm,
         TaskType::UpdateProvVm,
     ];
+
+    #[test]
+    fn without_clock_ignores_ticks_only() {
+        let task = TaskStatus::start(TaskType::NewProvVm, "id".into(), t(0));
+        let ticked = TaskStatus {
+            last_update_time: t(30),
+            active_elapsed_time: 30,
+            task_expected_completion: Some(t(90)),
+            ..task.clone()
+        };
+        assert_ne!(task, ticked);
+        assert_eq!(task.without_clock(), ticked.without_clock());
+        let moved = TaskStatus {
+            task_progress: 50,
+            ..ticked
+        };
+        assert_ne!(task.without_clock(), moved.without_clock());
+    }
 
     #[test]
     fn state_classes_partition_the_states() {

@@ -446,16 +446,7 @@ pub fn creation_task(
 
 /// Whether `new` says more than `old` than a waiting task's clock moving on.
 fn significant(old: &ProvSchemeStatus, new: &ProvSchemeStatus) -> bool {
-    let quiet = |status: &ProvSchemeStatus| {
-        let mut copy = status.clone();
-        if let Some(task) = copy.task.as_mut() {
-            task.last_update_time = task.date_started;
-            task.active_elapsed_time = 0;
-            task.task_expected_completion = None;
-        }
-        copy
-    };
-    quiet(old) != quiet(new)
+    crate::controller::status::differs_beyond_clock(old, new, |s| s.task.as_mut())
 }
 
 fn count(machines: &[&ProvVm], predicate: impl Fn(&ProvVm) -> bool) -> i32 {

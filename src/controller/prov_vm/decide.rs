@@ -224,16 +224,7 @@ pub fn provenance_problem(
 /// Whether `new` says more than `old` than the clock moving on: a task that only ticked
 /// (`lastUpdateTime`, elapsed time, expected completion) is not worth a write.
 pub fn significant(old: &ProvVmStatus, new: &ProvVmStatus) -> bool {
-    let quiet = |status: &ProvVmStatus| {
-        let mut copy = status.clone();
-        if let Some(task) = copy.task.as_mut() {
-            task.last_update_time = task.date_started;
-            task.active_elapsed_time = 0;
-            task.task_expected_completion = None;
-        }
-        copy
-    };
-    quiet(old) != quiet(new)
+    crate::controller::status::differs_beyond_clock(old, new, |s| s.task.as_mut())
 }
 
 /// The task state a backend failure ends a machine build in.
