@@ -317,6 +317,29 @@ pub struct StartJob {
     pub image: String,
 }
 
+/// The build job of `task`: a new machine (`storage` `None`) goes to a storage holding a
+/// prepared copy; an update stays on the machine's `storage`. Fails with why it cannot start
+/// yet (missing inputs, no prepared copy, an unknown size).
+fn start_job(
+    machine: &ProvVm,
+    scheme: &ProvScheme,
+    facts: &Facts,
+    task: &TaskStatus,
+    storage: Option<&str>,
+) -> Result<StartJob, String> {
+    let inputs = facts.build.as_ref().map_err(Clone::clone)?;
+    let mut request = build_request(machine, scheme, storage, inputs)?;
+    if let Some(storage) = storage {
+        storage.clone_into(&mut request.storage);
+    }
+    Ok(StartJob {
+        task: task.clone(),
+        request,
+        version: inputs.version,
+        image: inputs.config.image_version_spec_ref.clone(),
+    })
+}
+
 /// What happens to the machine's job.
 #[derive(Clone, Debug, Default)]
 pub enum JobStep {
@@ -478,21 +501,9 @@ pub fn plan(
             .is_some_and(|t| t.task_state != TaskState::Finished);
         if old.task.is_none() || (failed && facts.annotations.retry) {
             let task = TaskStatus::start(TaskType::NewProvVm, new_task_id.to_owned(), now);
-            let request = facts
-                .build
-                .as_ref()
-                .map_err(Clone::clone)
-                .and_then(|inputs| {
-                    build_request(machine, scheme, None, inputs).map(|r| (inputs, r))
-                });
-            match request {
-                Ok((inputs, request)) => {
-                    plan.job = JobStep::Start(Box::new(StartJob {
-                        task: task.clone(),
-                        request,
-                        version: inputs.version,
-                        image: inputs.config.image_version_spec_ref.clone(),
-                    }));
+            match start_job(machine, scheme, facts, &task, None) {
+                Ok(job) => {
+                    plan.job = JobStep::Start(Box::new(job));
                     plan.status.task = Some(task);
                     hold = Some(facts.progress_interval);
                 }
@@ -518,24 +529,9 @@ pub fn plan(
             StartAction::Update => {
                 let task = TaskStatus::start(TaskType::UpdateProvVm, new_task_id.to_owned(), now);
                 let storage = old.disks.first().map(|d| d.storage.as_str());
-                let request = facts
-                    .build
-                    .as_ref()
-                    .map_err(Clone::clone)
-                    .and_then(|inputs| {
-                        build_request(machine, scheme, storage, inputs).map(|r| (inputs, r))
-                    });
-                match request {
-                    Ok((inputs, mut request)) => {
-                        if let Some(storage) = storage {
-                            storage.clone_into(&mut request.storage);
-                        }
-                        plan.job = JobStep::Start(Box::new(StartJob {
-                            task: task.clone(),
-                            request,
-                            version: inputs.version,
-                            image: inputs.config.image_version_spec_ref.clone(),
-                        }));
+                match start_job(machine, scheme, facts, &task, storage) {
+                    Ok(job) => {
+                        plan.job = JobStep::Start(Box::new(job));
                         plan.status.task = Some(task);
                         hold = Some(facts.progress_interval);
                     }
