@@ -93,16 +93,6 @@ impl QcowTemplates {
         Ok(())
     }
 
-    /// How many templates are kept.
-    pub fn len(&self) -> usize {
-        self.lock().len()
-    }
-
-    /// Whether no template is kept.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TemplateKey, Arc<Vec<u8>>>> {
         self.entries
             .lock()

@@ -870,32 +870,41 @@ impl Inner {
         recheck_confined(&roots, dir, Some(&disk))?;
         let guard = PartialGuard::new(partial_for(&disk));
         let key = TemplateKey::overlay(backing)?;
-        if !self.copy_template(&key, guard.path()).await? {
-            self.qemu.create_overlay(backing, guard.path()).await?;
-            self.templates.learn(key, guard.path())?;
-        }
+        self.write_template(
+            key,
+            guard.path(),
+            self.qemu.create_overlay(backing, guard.path()),
+        )
+        .await?;
         recheck_confined(&roots, dir, Some(&disk))?;
         blocking(move || paths::commit(guard, &disk)).await
     }
 
-    /// Writes the kept template of `key` to `dst`; false when none is kept yet.
-    async fn copy_template(&self, key: &TemplateKey, dst: &Path) -> Result<bool, BackendError> {
-        let Some(bytes) = self.templates.get(key) else {
-            return Ok(false);
-        };
-        let dst = dst.to_path_buf();
-        blocking(move || disk_files::write_sparse(&dst, &bytes)).await?;
-        Ok(true)
+    /// Writes the kept template of `key` to `dst`; when none is kept yet, runs `make` (the
+    /// `qemu-img` command that writes `dst`) and keeps what it wrote as the template.
+    async fn write_template(
+        &self,
+        key: TemplateKey,
+        dst: &Path,
+        make: impl std::future::Future<Output = Result<(), BackendError>>,
+    ) -> Result<(), BackendError> {
+        match self.templates.get(&key) {
+            Some(bytes) => {
+                let dst = dst.to_path_buf();
+                blocking(move || disk_files::write_sparse(&dst, &bytes)).await
+            }
+            None => {
+                make.await?;
+                self.templates.learn(key, dst)
+            }
+        }
     }
 
     /// An empty qcow2 disk of `size_bytes` at `dst` (by `qemu-img` the first time per size).
     async fn create_empty(&self, dst: &Path, size_bytes: u64) -> Result<(), BackendError> {
         let key = TemplateKey::Empty { size_bytes };
-        if !self.copy_template(&key, dst).await? {
-            self.qemu.create_empty(dst, size_bytes).await?;
-            self.templates.learn(key, dst)?;
-        }
-        Ok(())
+        self.write_template(key, dst, self.qemu.create_empty(dst, size_bytes))
+            .await
     }
 
     async fn overlay_backing(&self, disk: &Path) -> Option<PathBuf> {
